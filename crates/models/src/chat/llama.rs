@@ -1,0 +1,486 @@
+//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3 layouts) read from a GGUF file,
+//! executed on our quantised kernels with an fp16 KV cache, as llama.cpp does.
+//!
+//! Forward pass, per layer: RMSNorm -> Q/K/V -> RoPE (adjacent pairs, GGUF's layout) ->
+//! causal grouped-query attention -> output projection -> residual -> RMSNorm -> SwiGLU MLP ->
+//! residual. Tokens of a prompt go through as one batch so every weight is read once per batch.
+
+use super::quant::{QMatrix, WType};
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file;
+use half::f16;
+use rayon::prelude::*;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Hyper-parameters read from `llama.*` metadata.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+/// Weights of a llama-family model.
+pub struct Llama {
+    pub config: LlamaConfig,
+    tok_embd: QMatrix,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    /// `output.weight`, or the token embedding when tied.
+    output: Option<QMatrix>,
+    /// cos/sin per (position, pair), grown on demand.
+    rope: std::sync::RwLock<(usize, Vec<f32>, Vec<f32>)>,
+}
+
+/// Per-sequence attention state: keys and values of every position seen so far, in fp16.
+pub struct KvCache {
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    /// The tokens whose keys and values are held, in order.
+    tokens: Vec<u32>,
+    kv_dim: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The tokens held, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// True when no token was processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The most tokens this cache (the context window) holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the last tokens, keeping the first `len` (to reuse a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.tokens.len() {
+            for l in 0..self.k.len() {
+                self.k[l].truncate(len * self.kv_dim);
+                self.v[l].truncate(len * self.kv_dim);
+            }
+            self.tokens.truncate(len);
+        }
+    }
+}
+
+/// Reads metadata values with errors that name the key.
+pub(crate) struct Meta<'a> {
+    pub content: &'a gguf_file::Content,
+    pub path: &'a Path,
+}
+
+impl Meta<'_> {
+    pub fn get(&self, key: &str) -> Result<&gguf_file::Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::file(self.path, format!("GGUF metadata has no '{key}'")))
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        v.to_u64()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u32().map(|x| x as usize))
+            .or_else(|_| v.to_i32().map(|x| x as usize))
+            .map_err(|e| Error::file(self.path, format!("GGUF metadata '{key}': {e}")))
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        self.get(key)?
+            .to_f32()
+            .map_err(|e| Error::file(self.path, format!("GGUF metadata '{key}': {e}")))
+    }
+
+    pub fn string(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(|s| s.as_str())
+            .map_err(|e| Error::file(self.path, format!("GGUF metadata '{key}': {e}")))
+    }
+}
+
+/// Architectures whose tensors and hyper-parameters follow the llama layout.
+pub const SUPPORTED_ARCHS: &[&str] = &["llama"];
+
+impl Llama {
+    /// Loads the weights. `file` must be positioned anywhere; tensors are read by offset.
+    pub(crate) fn load(
+        content: &gguf_file::Content,
+        file: &mut File,
+        path: &Path,
+    ) -> Result<Llama> {
+        let meta = Meta { content, path };
+        let arch = meta.string("general.architecture")?;
+        if !SUPPORTED_ARCHS.contains(&arch) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "unsupported model architecture '{arch}'; frugal runs: {}",
+                    SUPPORTED_ARCHS.join(", ")
+                ),
+            ));
+        }
+        let n_embd = meta.usize("llama.embedding_length")?;
+        let n_head = meta.usize("llama.attention.head_count")?;
+        let n_head_kv = meta
+            .usize("llama.attention.head_count_kv")
+            .unwrap_or(n_head);
+        let head_dim = n_embd / n_head.max(1);
+        if n_head == 0 || n_embd % n_head != 0 || n_head % n_head_kv.max(1) != 0 {
+            return Err(Error::file(
+                path,
+                "inconsistent attention head counts in GGUF metadata",
+            ));
+        }
+        let tok_embd_info = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| Error::file(path, "GGUF has no token_embd.weight tensor"))?;
+        let n_vocab = tok_embd_info.shape.dims().first().copied().unwrap_or(0);
+        let config = LlamaConfig {
+            n_layer: meta.usize("llama.block_count")?,
+            n_embd,
+            n_ff: meta.usize("llama.feed_forward_length")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train: meta.usize("llama.context_length").unwrap_or(2048),
+            rope_base: meta.f32("llama.rope.freq_base").unwrap_or(10000.0),
+            rms_eps: meta.f32("llama.attention.layer_norm_rms_epsilon")?,
+        };
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut read = |name: &str| -> Result<(Vec<usize>, WType, Vec<u8>)> {
+            let info = content
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| Error::file(path, format!("GGUF has no tensor '{name}'")))?;
+            let wtype = WType::from_ggml(info.ggml_dtype).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!(
+                        "tensor '{name}' is {:?}; frugal runs F32, F16, Q4_0, Q4_1 and Q8_0 weights",
+                        info.ggml_dtype
+                    ),
+                )
+            })?;
+            let dims = info.shape.dims().to_vec();
+            let elems: usize = dims.iter().product();
+            let nbytes = elems / wtype.block_len() * wtype.block_bytes();
+            let start = content.tensor_data_offset + info.offset;
+            if start + nbytes as u64 > file_len {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "truncated GGUF: tensor '{name}' ends at byte {} but the file has {file_len}; fetch the file again",
+                        start + nbytes as u64
+                    ),
+                ));
+            }
+            let mut data = vec![0u8; nbytes];
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| Error::io(path, e))?;
+            file.read_exact(&mut data).map_err(|e| Error::io(path, e))?;
+            Ok((dims, wtype, data))
+        };
+        // candle lists dims slowest first: (rows, cols), cols being the input dimension.
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let (dims, wtype, data) = read(name)?;
+            if dims.last() != Some(&cols) || dims.iter().product::<usize>() != rows * cols {
+                return Err(Error::file(
+                    path,
+                    format!("tensor '{name}' has shape {dims:?}, expected [{rows}, {cols}]"),
+                ));
+            }
+            QMatrix::new(wtype, rows, cols, data)
+                .map_err(|e| Error::file(path, format!("tensor '{name}': {e}")))
+        };
+        let c = &config;
+        let kv_dim = c.n_head_kv * c.head_dim;
+        let tok_embd = matrix("token_embd.weight", c.n_vocab, c.n_embd)?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Some(matrix("output.weight", c.n_vocab, c.n_embd)?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                wq: matrix(&p("attn_q"), c.n_embd, c.n_embd)?,
+                wk: matrix(&p("attn_k"), kv_dim, c.n_embd)?,
+                wv: matrix(&p("attn_v"), kv_dim, c.n_embd)?,
+                wo: matrix(&p("attn_output"), c.n_embd, c.n_embd)?,
+                w_gate: matrix(&p("ffn_gate"), c.n_ff, c.n_embd)?,
+                w_up: matrix(&p("ffn_up"), c.n_ff, c.n_embd)?,
+                w_down: matrix(&p("ffn_down"), c.n_embd, c.n_ff)?,
+                attn_norm: vec![],
+                ffn_norm: vec![],
+            });
+        }
+        let mut vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let m = matrix(name, 1, len)?;
+            let mut v = vec![0.0; len];
+            m.dequantize_row(0, &mut v);
+            Ok(v)
+        };
+        for (i, layer) in layers.iter_mut().enumerate() {
+            layer.attn_norm = vector(&format!("blk.{i}.attn_norm.weight"), c.n_embd)?;
+            layer.ffn_norm = vector(&format!("blk.{i}.ffn_norm.weight"), c.n_embd)?;
+        }
+        let out_norm = vector("output_norm.weight", c.n_embd)?;
+        Ok(Llama {
+            config,
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+            rope: std::sync::RwLock::new((0, vec![], vec![])),
+        })
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.tok_embd.nbytes()
+            + self.output.as_ref().map_or(0, |o| o.nbytes())
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.wq.nbytes()
+                        + l.wk.nbytes()
+                        + l.wv.nbytes()
+                        + l.wo.nbytes()
+                        + l.w_gate.nbytes()
+                        + l.w_up.nbytes()
+                        + l.w_down.nbytes()
+                })
+                .sum::<usize>()
+    }
+
+    /// An empty KV cache for a context window of `n_ctx` tokens.
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache {
+            k: vec![vec![]; self.config.n_layer],
+            v: vec![vec![]; self.config.n_layer],
+            tokens: vec![],
+            kv_dim: self.config.n_head_kv * self.config.head_dim,
+            capacity: n_ctx,
+        }
+    }
+
+    fn ensure_rope(&self, n_pos: usize) {
+        if self.rope.read().expect("rope lock").0 >= n_pos {
+            return;
+        }
+        let mut g = self.rope.write().expect("rope lock");
+        let half = self.config.head_dim / 2;
+        let n = n_pos.next_power_of_two().max(256);
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        // As ggml: theta_i = p * base^(-2i/d), by repeated multiplication in f32.
+        let theta_scale = self
+            .config
+            .rope_base
+            .powf(-2.0 / self.config.head_dim as f32);
+        for p in 0..n {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= theta_scale;
+            }
+        }
+        *g = (n, cos, sin);
+    }
+
+    /// Runs `tokens` at the cache's next positions and returns the logits of the last token
+    /// (all tokens' logits when `all_logits`, `tokens.len()` x vocab).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::Invalid("no tokens to run".into()));
+        }
+        if cache.len() + n > cache.capacity {
+            return Err(Error::Invalid(format!(
+                "{} tokens do not fit the context window of {} ({} already used)",
+                n,
+                cache.capacity,
+                cache.len()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.n_vocab
+            )));
+        }
+        let (d, hd, kv_dim) = (c.n_embd, c.head_dim, c.n_head_kv * c.head_dim);
+        let pos0 = cache.len();
+        self.ensure_rope(pos0 + n);
+        let rope = self.rope.read().expect("rope lock");
+        let (cos, sin) = (&rope.1, &rope.2);
+
+        let mut x = vec![0.0f32; n * d];
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.tok_embd
+                .dequantize_row(tok as usize, &mut x[t * d..(t + 1) * d]);
+        }
+        let mut h = vec![0.0f32; n * d];
+        let mut q = vec![0.0f32; n * d];
+        let mut k = vec![0.0f32; n * kv_dim];
+        let mut v = vec![0.0f32; n * kv_dim];
+        let mut att = vec![0.0f32; n * d];
+        let mut o = vec![0.0f32; n * d];
+        let mut g = vec![0.0f32; n * c.n_ff];
+        let mut u = vec![0.0f32; n * c.n_ff];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            let acts = layer.wq.quantize_acts(&h, n);
+            layer.wq.matmul(&acts, n, &mut q);
+            layer.wk.matmul(&acts, n, &mut k);
+            layer.wv.matmul(&acts, n, &mut v);
+            for t in 0..n {
+                let p = pos0 + t;
+                let (cs, sn) = (
+                    &cos[p * hd / 2..(p + 1) * hd / 2],
+                    &sin[p * hd / 2..(p + 1) * hd / 2],
+                );
+                for head in q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
+                    rope_pairs(head, cs, sn);
+                }
+                for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope_pairs(head, cs, sn);
+                }
+            }
+            cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f)));
+            cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f)));
+            attention(c, &q, &cache.k[li], &cache.v[li], pos0, &mut att);
+            let acts = layer.wo.quantize_acts(&att, n);
+            layer.wo.matmul(&acts, n, &mut o);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            let acts = layer.w_gate.quantize_acts(&h, n);
+            layer.w_gate.matmul(&acts, n, &mut g);
+            layer.w_up.matmul(&acts, n, &mut u);
+            g.iter_mut()
+                .zip(&u)
+                .for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            let acts = layer.w_down.quantize_acts(&g, n);
+            layer.w_down.matmul(&acts, n, &mut o);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.tokens.extend_from_slice(tokens);
+
+        let rows = if all_logits { n } else { 1 };
+        let last = &x[(n - rows) * d..];
+        let mut hn = vec![0.0f32; rows * d];
+        rms_norm(last, &self.out_norm, c.rms_eps, &mut hn);
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        let acts = head.quantize_acts(&hn, rows);
+        let mut logits = vec![0.0f32; rows * c.n_vocab];
+        head.matmul(&acts, rows, &mut logits);
+        Ok(logits)
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        // As ggml: each square in f32, the sum in f64.
+        let ss: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let scale = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
+            *o = xv * scale * wv;
+        }
+    }
+}
+
+/// Rotates adjacent pairs (x[2i], x[2i+1]) by the position's angle (GGUF llama layout).
+fn rope_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (i, pair) in x.chunks_exact_mut(2).enumerate() {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * cos[i] - b * sin[i];
+        pair[1] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// Causal grouped-query attention of the new queries against the cache (which already holds
+/// them). Like llama.cpp with an fp16 cache, queries are rounded to fp16 before the dot product.
+fn attention(c: &LlamaConfig, q: &[f32], kc: &[f16], vc: &[f16], pos0: usize, out: &mut [f32]) {
+    let (d, hd, kv_dim) = (c.n_embd, c.head_dim, c.n_head_kv * c.head_dim);
+    let group = c.n_head / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (t, h) = (idx / c.n_head, idx % c.n_head);
+        let kvh = h / group;
+        let qh: Vec<f32> = q[t * d + h * hd..t * d + (h + 1) * hd]
+            .iter()
+            .map(|&v| f16::from_f32(v).to_f32())
+            .collect();
+        let n_keys = pos0 + t + 1;
+        let mut scores: Vec<f32> = (0..n_keys)
+            .map(|p| {
+                let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                kr.iter().zip(&qh).map(|(k, q)| k.to_f32() * q).sum::<f32>() * scale
+            })
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0.0f64;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        o.fill(0.0);
+        for (p, &s) in scores.iter().enumerate() {
+            // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16.
+            let w = f16::from_f32(s * inv).to_f32();
+            let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+            for (ov, vv) in o.iter_mut().zip(vr) {
+                *ov += w * vv.to_f32();
+            }
+        }
+    });
+}

@@ -1,0 +1,474 @@
+//! Quantised weights (GGUF Q4_0, Q4_1, Q8_0, F16, F32) and the matrix products of the chat
+//! runtime.
+//!
+//! Why our own kernels: candle 0.11 has no SIMD dot product for Q4_1 on x86 (SmolLM2 ships Q4_1)
+//! and runs ~0.23x llama.cpp here. We follow ggml's scheme exactly: activations are quantised to
+//! Q8_1 (for Q4_x) or Q8_0 (for Q8_0) blocks of 32, with ggml's rounding and fp16 scales, so the
+//! numbers match llama.cpp's; the integer dot products use AVX2 where the CPU has it.
+
+use crate::error::{Error, Result};
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per quantisation block.
+pub const QK: usize = 32;
+
+/// The weight formats the chat runtime executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl WType {
+    /// Bytes per block of `block_len()` elements.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WType::F32 => 4,
+            WType::F16 => 2,
+            WType::Q4_0 => 18,
+            WType::Q4_1 => 20,
+            WType::Q8_0 => 34,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            WType::F32 | WType::F16 => 1,
+            _ => QK,
+        }
+    }
+
+    /// Maps a candle GGML dtype onto ours; other quantisations are rejected by name.
+    pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<WType> {
+        use candle_core::quantized::GgmlDType as G;
+        Some(match t {
+            G::F32 => WType::F32,
+            G::F16 => WType::F16,
+            G::Q4_0 => WType::Q4_0,
+            G::Q4_1 => WType::Q4_1,
+            G::Q8_0 => WType::Q8_0,
+            _ => return None,
+        })
+    }
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// A weight matrix of `rows` x `cols` (row-major, each row `cols` elements) in its GGUF encoding.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    pub wtype: WType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Vec<u8>,
+    row_bytes: usize,
+}
+
+/// Activations quantised for one weight format: per row, blocks of (scale, sum*scale, 32 x i8).
+pub struct QActs {
+    /// Per block: d (fp16-rounded).
+    d: Vec<f32>,
+    /// Per block: d * sum(qs) (fp16-rounded), used by the Q4_1 offset term.
+    s: Vec<f32>,
+    qs: Vec<i8>,
+    blocks_per_row: usize,
+    /// Rows kept in f32 for F32/F16 weights.
+    f32_rows: Vec<f32>,
+    cols: usize,
+}
+
+impl QMatrix {
+    /// Wraps raw GGUF bytes; the length must match the shape.
+    pub fn new(wtype: WType, rows: usize, cols: usize, data: Vec<u8>) -> Result<QMatrix> {
+        if !cols.is_multiple_of(wtype.block_len()) {
+            return Err(Error::Invalid(format!(
+                "{wtype:?} rows of {cols} elements are not a multiple of the block size {}",
+                wtype.block_len()
+            )));
+        }
+        let row_bytes = cols / wtype.block_len() * wtype.block_bytes();
+        if data.len() != row_bytes * rows {
+            return Err(Error::Invalid(format!(
+                "tensor data is {} bytes, expected {} for {rows}x{cols} {wtype:?}",
+                data.len(),
+                row_bytes * rows
+            )));
+        }
+        Ok(QMatrix {
+            wtype,
+            rows,
+            cols,
+            data,
+            row_bytes,
+        })
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Decodes row `r` into `out` (used for embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let row = self.row(r);
+        match self.wtype {
+            WType::F32 => {
+                for (o, c) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WType::F16 => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = f16_at(row, 2 * i);
+                }
+            }
+            WType::Q8_0 => {
+                for (b, blk) in row.chunks_exact(34).enumerate() {
+                    let d = f16_at(blk, 0);
+                    for j in 0..QK {
+                        out[b * QK + j] = d * blk[2 + j] as i8 as f32;
+                    }
+                }
+            }
+            WType::Q4_0 | WType::Q4_1 => {
+                let bb = self.wtype.block_bytes();
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let d = f16_at(blk, 0);
+                    let (m, qs) = if self.wtype == WType::Q4_1 {
+                        (f16_at(blk, 2), &blk[4..20])
+                    } else {
+                        (-8.0 * d, &blk[2..18])
+                    };
+                    for j in 0..16 {
+                        out[b * QK + j] = d * (qs[j] & 0x0f) as f32 + m;
+                        out[b * QK + j + 16] = d * (qs[j] >> 4) as f32 + m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quantises `n` rows of `x` (each `cols` long) the way this matrix's dot product expects.
+    pub fn quantize_acts(&self, x: &[f32], n: usize) -> QActs {
+        let cols = self.cols;
+        debug_assert_eq!(x.len(), n * cols);
+        match self.wtype {
+            WType::F32 | WType::F16 => QActs {
+                d: vec![],
+                s: vec![],
+                qs: vec![],
+                blocks_per_row: 0,
+                f32_rows: x.to_vec(),
+                cols,
+            },
+            _ => {
+                let nb = cols / QK;
+                let mut acts = QActs {
+                    d: vec![0.0; n * nb],
+                    s: vec![0.0; n * nb],
+                    qs: vec![0; n * cols],
+                    blocks_per_row: nb,
+                    f32_rows: vec![],
+                    cols,
+                };
+                for (b, (xb, qb)) in x
+                    .chunks_exact(QK)
+                    .zip(acts.qs.chunks_exact_mut(QK))
+                    .enumerate()
+                {
+                    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    // As ggml's AVX2 path: d = max/127, but the multiplier is 127/max.
+                    let d = amax / 127.0;
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (q, v) in qb.iter_mut().zip(xb) {
+                        // ggml's AVX path rounds half to even.
+                        let r = (v * id).round_ties_even() as i32;
+                        *q = r as i8;
+                        sum += r;
+                    }
+                    acts.d[b] = f16::from_f32(d).to_f32();
+                    acts.s[b] = f16::from_f32(d * sum as f32).to_f32();
+                }
+                acts
+            }
+        }
+    }
+
+    /// Dot product of weight row `r` with activation row `t`.
+    #[inline]
+    fn dot(&self, r: usize, acts: &QActs, t: usize) -> f32 {
+        let row = self.row(r);
+        match self.wtype {
+            WType::F32 => {
+                let x = &acts.f32_rows[t * acts.cols..(t + 1) * acts.cols];
+                row.chunks_exact(4)
+                    .zip(x)
+                    .map(|(c, v)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * v)
+                    .sum()
+            }
+            WType::F16 => {
+                let x = &acts.f32_rows[t * acts.cols..(t + 1) * acts.cols];
+                (0..acts.cols).map(|i| f16_at(row, 2 * i) * x[i]).sum()
+            }
+            _ => {
+                let nb = acts.blocks_per_row;
+                let d = &acts.d[t * nb..(t + 1) * nb];
+                let s = &acts.s[t * nb..(t + 1) * nb];
+                let qs = &acts.qs[t * nb * QK..(t + 1) * nb * QK];
+                match self.wtype {
+                    WType::Q4_1 => kernels::dot_q4_1(row, d, s, qs),
+                    WType::Q4_0 => kernels::dot_q4_0(row, d, qs),
+                    WType::Q8_0 => kernels::dot_q8_0(row, d, qs),
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+
+    /// `out[t][r] = sum_k x[t][k] * W[r][k]` for `n` input rows: out is `n` x `rows`.
+    /// Splits the weight rows across rayon's threads; each weight row is read once for all `n`.
+    pub fn matmul(&self, acts: &QActs, n: usize, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), n * self.rows);
+        let rows = self.rows;
+        let chunk = (rows / (rayon::current_num_threads() * 4)).clamp(16, 256);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let p = &out_ptr;
+            let r0 = c * chunk;
+            let r1 = (r0 + chunk).min(rows);
+            for t in 0..n {
+                for r in r0..r1 {
+                    let v = self.dot(r, acts, t);
+                    // SAFETY: each (t, r) is written by exactly one task; r ranges are disjoint.
+                    unsafe { *p.0.add(t * rows + r) = v };
+                }
+            }
+        });
+    }
+}
+
+struct SyncPtr(*mut f32);
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+mod kernels {
+    //! Block dot products. `d`, `s`: per-block activation scales; `qs`: activation int8s.
+    use super::{f16_at, QK};
+
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    #[inline]
+    pub fn dot_q4_1(w: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: the target features are enabled at compile time; loads are unaligned.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0.0f32;
+            let mask = _mm_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            for (b, blk) in w.chunks_exact(20).enumerate() {
+                let dw = f16_at(blk, 0);
+                let mw = f16_at(blk, 2);
+                let raw = _mm_loadu_si128(blk.as_ptr().add(4) as *const __m128i);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let wq = _mm256_set_m128i(hi, lo);
+                let aq = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), _mm256_cvtepi32_ps(p), acc);
+                summs += mw * s[b];
+            }
+            hsum(acc) + summs
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        {
+            let mut sum = 0.0f32;
+            for (b, blk) in w.chunks_exact(20).enumerate() {
+                let a = &qs[b * QK..(b + 1) * QK];
+                let mut si = 0i32;
+                for j in 0..16 {
+                    si += (blk[4 + j] & 0x0f) as i32 * a[j] as i32;
+                    si += (blk[4 + j] >> 4) as i32 * a[j + 16] as i32;
+                }
+                sum += f16_at(blk, 0) * d[b] * si as f32 + f16_at(blk, 2) * s[b];
+            }
+            sum
+        }
+    }
+
+    #[inline]
+    pub fn dot_q4_0(w: &[u8], d: &[f32], qs: &[i8]) -> f32 {
+        let mut sum = 0.0f32;
+        for (b, blk) in w.chunks_exact(18).enumerate() {
+            let a = &qs[b * QK..(b + 1) * QK];
+            let mut si = 0i32;
+            for j in 0..16 {
+                si += ((blk[2 + j] & 0x0f) as i32 - 8) * a[j] as i32;
+                si += ((blk[2 + j] >> 4) as i32 - 8) * a[j + 16] as i32;
+            }
+            sum += f16_at(blk, 0) * d[b] * si as f32;
+        }
+        sum
+    }
+
+    #[inline]
+    pub fn dot_q8_0(w: &[u8], d: &[f32], qs: &[i8]) -> f32 {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: the target features are enabled at compile time; loads are unaligned.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let ones = _mm256_set1_epi16(1);
+            for (b, blk) in w.chunks_exact(34).enumerate() {
+                let dw = f16_at(blk, 0);
+                let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                let aq = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+                // maddubs needs an unsigned operand: |w| times a with w's sign.
+                let aw = _mm256_sign_epi8(wq, wq);
+                let sa = _mm256_sign_epi8(aq, wq);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), _mm256_cvtepi32_ps(p), acc);
+            }
+            hsum(acc)
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        {
+            let mut sum = 0.0f32;
+            for (b, blk) in w.chunks_exact(34).enumerate() {
+                let a = &qs[b * QK..(b + 1) * QK];
+                let si: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * a[j] as i32).sum();
+                sum += f16_at(blk, 0) * d[b] * si as f32;
+            }
+            sum
+        }
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a random Q4_1 / Q8_0 matrix and checks the kernel against dequantise-then-dot.
+    fn check(wtype: WType) {
+        let (rows, cols) = (7, 96);
+        let mut seed = 12345u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let mut data = vec![];
+        for _ in 0..rows * cols / QK {
+            let d = f16::from_f32(0.01 + (rnd() % 100) as f32 / 5000.0)
+                .to_bits()
+                .to_le_bytes();
+            data.extend_from_slice(&d);
+            match wtype {
+                WType::Q4_1 => {
+                    let m = f16::from_f32(-0.1).to_bits().to_le_bytes();
+                    data.extend_from_slice(&m);
+                    data.extend((0..16).map(|_| rnd() as u8));
+                }
+                WType::Q4_0 => data.extend((0..16).map(|_| rnd() as u8)),
+                _ => data.extend((0..32).map(|_| rnd() as u8)),
+            }
+        }
+        let w = QMatrix::new(wtype, rows, cols, data).unwrap();
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let acts = w.quantize_acts(&x, 2);
+        let mut out = vec![0.0; 2 * rows];
+        w.matmul(&acts, 2, &mut out);
+        let mut wr = vec![0.0; cols];
+        for t in 0..2 {
+            // The activations as the kernel sees them: d * q per block.
+            let xq: Vec<f32> = (0..cols)
+                .map(|j| acts.d[t * cols / QK + j / QK] * acts.qs[t * cols + j] as f32)
+                .collect();
+            for r in 0..rows {
+                w.dequantize_row(r, &mut wr);
+                let exact: f32 = wr.iter().zip(&xq).map(|(a, b)| a * b).sum();
+                let got = out[t * rows + r];
+                assert!(
+                    (got - exact).abs() < 2e-3 * (1.0 + exact.abs()),
+                    "{wtype:?} {t} {r}: {got} vs {exact}"
+                );
+                // And close to the unquantised product.
+                let full: f32 = wr
+                    .iter()
+                    .zip(&x[t * cols..(t + 1) * cols])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    (got - full).abs() < 0.1 * (1.0 + full.abs()),
+                    "{wtype:?} {t} {r}: {got} vs {full}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_matches_dequantised_product() {
+        check(WType::Q4_1);
+    }
+
+    #[test]
+    fn q4_0_matches_dequantised_product() {
+        check(WType::Q4_0);
+    }
+
+    #[test]
+    fn q8_0_matches_dequantised_product() {
+        check(WType::Q8_0);
+    }
+
+    #[test]
+    fn wrong_length_is_rejected() {
+        assert!(QMatrix::new(WType::Q4_1, 2, 32, vec![0; 39]).is_err());
+        assert!(QMatrix::new(WType::Q4_1, 2, 30, vec![0; 40]).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! BERT-family encoder (BERT, MiniLM, …) on candle, weights loaded by name from safetensors.
+//!
+//! Written here rather than taken from candle-transformers because candle's BERT cannot be
+//! trained (its fused LayerNorm has no backward pass, its dropout is a no-op) and spends a third
+//! of inference outside matrix products (generic softmax, slow erf-GELU). `train` switches the
+//! LayerNorm to plain tensor ops that autograd can follow.
+
+use super::ops::gelu_erf;
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// The fields of a Hugging Face `config.json` that a BERT encoder needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// LayerNorm with a fused inference path and a differentiable training path.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        // Some checkpoints name the parameters gamma/beta.
+        let weight = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
+        let bias = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if !train {
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A BERT encoder: token ids in, one hidden vector per token out.
+pub struct Bert {
+    pub config: BertConfig,
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    /// When true, every op is differentiable (LayerNorm without the fused kernel).
+    pub train: bool,
+}
+
+impl Bert {
+    /// Builds the encoder from `vb` (root of the checkpoint, with or without a `bert.` prefix).
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> candle_core::Result<Bert> {
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
+        let c = config;
+        let h = c.hidden_size;
+        let e = vb.pp("embeddings");
+        let word = candle_nn::embedding(c.vocab_size, h, e.pp("word_embeddings"))?;
+        let position =
+            candle_nn::embedding(c.max_position_embeddings, h, e.pp("position_embeddings"))?;
+        let token_type = candle_nn::embedding(c.type_vocab_size, h, e.pp("token_type_embeddings"))?;
+        let emb_norm = LayerNorm::load(e.pp("LayerNorm"), h, c.layer_norm_eps)?;
+        let mut layers = vec![];
+        for i in 0..c.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let a = l.pp("attention");
+            layers.push(Layer {
+                query: candle_nn::linear(h, h, a.pp("self.query"))?,
+                key: candle_nn::linear(h, h, a.pp("self.key"))?,
+                value: candle_nn::linear(h, h, a.pp("self.value"))?,
+                attn_out: candle_nn::linear(h, h, a.pp("output.dense"))?,
+                attn_norm: LayerNorm::load(a.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+                inter: candle_nn::linear(h, c.intermediate_size, l.pp("intermediate.dense"))?,
+                out: candle_nn::linear(c.intermediate_size, h, l.pp("output.dense"))?,
+                out_norm: LayerNorm::load(l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+            });
+        }
+        Ok(Bert {
+            config: config.clone(),
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            train: false,
+        })
+    }
+
+    /// `ids`, `mask`: (batch, len) u32 tensors, mask 1 for real tokens. Returns (batch, len, hidden).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, len) = ids.dims2()?;
+        let c = &self.config;
+        let (h, nh) = (c.hidden_size, c.num_attention_heads);
+        let dh = h / nh;
+        let dev = ids.device();
+        let pos = Tensor::arange(0u32, len as u32, dev)?;
+        let types = Tensor::zeros((b, len), DType::U32, dev)?;
+        let x = self
+            .word
+            .forward(ids)?
+            .broadcast_add(&self.position.forward(&pos)?)?
+            .add(&self.token_type.forward(&types)?)?;
+        let mut x = self
+            .emb_norm
+            .forward(&x, self.train)?
+            .reshape((b * len, h))?;
+        // Additive mask: 0 for tokens, a large negative number for padding.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, len))?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        for layer in &self.layers {
+            let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
+            let q = heads((layer.query.forward(&x)? * scale)?)?;
+            let k = heads(layer.key.forward(&x)?)?;
+            let v = heads(layer.value.forward(&x)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
+            let a = layer.attn_out.forward(&ctx)?;
+            x = layer.attn_norm.forward(&(a + &x)?, self.train)?;
+            let i = gelu_erf(&layer.inter.forward(&x)?)?;
+            let o = layer.out.forward(&i)?;
+            x = layer.out_norm.forward(&(o + &x)?, self.train)?;
+        }
+        x.reshape((b, len, h))
+    }
+}

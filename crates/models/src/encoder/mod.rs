@@ -1,0 +1,364 @@
+//! Sentence encoders: a Hugging Face folder (config.json + *.safetensors + tokenizer.json, and the
+//! sentence-transformers files modules.json / 1_Pooling/config.json / sentence_bert_config.json)
+//! turned into one vector per text.
+//!
+//! Texts are tokenised, truncated at the model's max length (counted), sorted by length and
+//! batched with padding only to the longest text of each batch, then pooled and normalised as
+//! the sentence-transformers files say.
+
+pub mod bert;
+pub mod ops;
+
+use crate::error::{tok_err, Error, Result};
+pub use bert::{Bert, BertConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    Cls,
+    Max,
+    MeanSqrtLen,
+}
+
+#[derive(Deserialize)]
+struct PoolingFile {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+/// A loaded sentence encoder.
+pub struct Encoder {
+    pub dir: PathBuf,
+    pub model: Bert,
+    pub tokenizer: Tokenizer,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    max_len: usize,
+    device: Device,
+}
+
+/// Token ids of one text after truncation.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    /// True when the text was longer than the max length and was cut.
+    pub truncated: bool,
+}
+
+/// Embeddings with the counts a caller reports.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens processed (after truncation, special tokens included).
+    pub tokens: usize,
+    /// Texts cut at the max length.
+    pub truncated: usize,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
+}
+
+impl Encoder {
+    /// Loads an encoder folder. Missing files are named in the error.
+    pub fn load(dir: &Path) -> Result<Encoder> {
+        let need = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(Error::file(
+                    &p,
+                    format!("missing: an encoder folder needs config.json, model.safetensors and tokenizer.json ({name} not found)"),
+                ))
+            }
+        };
+        let config: BertConfig = read_json(&need("config.json")?)?;
+        if let Some(mt) = &config.model_type {
+            if mt != "bert" {
+                return Err(Error::file(
+                    dir.join("config.json"),
+                    format!("model_type '{mt}' is not supported; frugal's encoder runs BERT-family models (model_type 'bert')"),
+                ));
+            }
+        }
+        if config.hidden_act != "gelu" {
+            return Err(Error::file(
+                dir.join("config.json"),
+                format!(
+                    "hidden_act '{}' is not supported (only 'gelu')",
+                    config.hidden_act
+                ),
+            ));
+        }
+        let tok_path = need("tokenizer.json")?;
+        let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        weights.sort();
+        if weights.is_empty() {
+            return Err(Error::file(
+                dir,
+                "no *.safetensors weights in the encoder folder",
+            ));
+        }
+        for w in &weights {
+            check_safetensors(w)?;
+        }
+        let device = Device::Cpu;
+        // SAFETY: the files are not modified while mapped (frugal's asset store is read-only use).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &device) }
+            .map_err(|e| Error::file(&weights[0], format!("cannot read weights: {e}")))?;
+        let model = Bert::load(vb, &config).map_err(|e| {
+            Error::file(
+                &weights[0],
+                format!("weights do not match config.json: {e}"),
+            )
+        })?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::file(&tok_path, format!("invalid tokenizer: {e}")))?;
+        tokenizer.with_padding(None);
+
+        let mut pooling = Pooling::Mean;
+        let mut normalize = false;
+        let modules = dir.join("modules.json");
+        if modules.is_file() {
+            let entries: Vec<ModuleEntry> = read_json(&modules)?;
+            for m in entries {
+                if m.kind.ends_with("Pooling") {
+                    let pf: PoolingFile = read_json(&dir.join(&m.path).join("config.json"))?;
+                    pooling = if pf.pooling_mode_cls_token {
+                        Pooling::Cls
+                    } else if pf.pooling_mode_max_tokens {
+                        Pooling::Max
+                    } else if pf.pooling_mode_mean_sqrt_len_tokens {
+                        Pooling::MeanSqrtLen
+                    } else if pf.pooling_mode_mean_tokens {
+                        Pooling::Mean
+                    } else {
+                        return Err(Error::file(
+                            dir.join(&m.path).join("config.json"),
+                            "no pooling mode is set",
+                        ));
+                    };
+                } else if m.kind.ends_with("Normalize") {
+                    normalize = true;
+                }
+            }
+        }
+        let mut max_len = config.max_position_embeddings;
+        let sbert = dir.join("sentence_bert_config.json");
+        if sbert.is_file() {
+            #[derive(Deserialize)]
+            struct Sb {
+                max_seq_length: Option<usize>,
+            }
+            if let Some(m) = read_json::<Sb>(&sbert)?.max_seq_length {
+                max_len = m.min(max_len);
+            }
+        }
+        let mut enc = Encoder {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            pooling,
+            normalize,
+            max_len,
+            device,
+        };
+        enc.set_max_len(max_len)?;
+        Ok(enc)
+    }
+
+    /// Output dimension.
+    pub fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    /// Tokens per text after truncation (special tokens included).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Changes the truncation length; at most the model's position embeddings.
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
+        let limit = self.model.config.max_position_embeddings;
+        if max_len < 2 || max_len > limit {
+            return Err(Error::Invalid(format!(
+                "max length {max_len} is out of range: this model takes 2 to {limit} tokens"
+            )));
+        }
+        self.max_len = max_len;
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(tok_err)?;
+        Ok(())
+    }
+
+    /// Tokenises texts (truncating at the max length).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
+        let encs = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(tok_err)?;
+        Ok(encs
+            .into_iter()
+            .map(|e| Tokens {
+                truncated: !e.get_overflowing().is_empty(),
+                ids: e.get_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Embeds texts in length-sorted batches of `batch_size`; `on_batch(done)` reports progress.
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<Embeddings> {
+        let toks = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..toks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(toks[i].ids.len()));
+        let mut vectors = vec![vec![]; toks.len()];
+        let mut done = 0;
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| toks[i].ids.as_slice()).collect();
+            let pooled = self.embed_ids(&batch)?;
+            for (&i, v) in chunk.iter().zip(pooled) {
+                vectors[i] = v;
+            }
+            done += chunk.len();
+            on_batch(done);
+        }
+        Ok(Embeddings {
+            vectors,
+            tokens: toks.iter().map(|t| t.ids.len()).sum(),
+            truncated: toks.iter().filter(|t| t.truncated).count(),
+        })
+    }
+
+    /// Pads a batch of token id lists to their longest: (ids, mask) tensors.
+    pub fn batch_tensors(&self, batch: &[&[u32]]) -> Result<(Tensor, Tensor)> {
+        let len = batch.iter().map(|b| b.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; batch.len() * len];
+        let mut mask = vec![0u32; batch.len() * len];
+        for (r, b) in batch.iter().enumerate() {
+            ids[r * len..r * len + b.len()].copy_from_slice(b);
+            mask[r * len..r * len + b.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), len), &self.device)?;
+        Ok((ids, mask))
+    }
+
+    /// Runs one padded batch and pools it: (batch, dim) tensor, normalised if configured.
+    pub fn pooled(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let hidden = self.model.forward(ids, mask)?;
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean | Pooling::MeanSqrtLen => {
+                let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+                let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+                let count = if self.pooling == Pooling::MeanSqrtLen {
+                    count.sqrt()?
+                } else {
+                    count
+                };
+                sum.broadcast_div(&count)?
+            }
+            Pooling::Max => {
+                let neg = ((m.ones_like()? - &m)? * -1e9)?;
+                hidden.broadcast_add(&neg)?.max(1)?
+            }
+        };
+        Ok(if self.normalize {
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        })
+    }
+
+    fn embed_ids(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = self.batch_tensors(batch)?;
+        Ok(self.pooled(&ids, &mask)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Checks a safetensors file's header and that the file holds every byte it declares, so a
+/// truncated download fails with a clear message instead of a crash while mapping.
+pub fn check_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| {
+        Error::file(
+            path,
+            "truncated safetensors file (no header); fetch it again",
+        )
+    })?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > 100_000_000 || 8 + header_len > file_len {
+        return Err(Error::file(
+            path,
+            "truncated or corrupt safetensors header; fetch the file again",
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::file(path, format!("corrupt safetensors header: {e}")))?;
+    let end = v
+        .as_object()
+        .map(|o| {
+            o.values()
+                .filter_map(|t| t.get("data_offsets")?.as_array()?.get(1)?.as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    if 8 + header_len + end > file_len {
+        return Err(Error::file(
+            path,
+            format!(
+                "truncated safetensors file: tensors need {} bytes, the file has {file_len}; fetch it again",
+                8 + header_len + end
+            ),
+        ));
+    }
+    Ok(())
+}
