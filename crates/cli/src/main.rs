@@ -1,1 +1,148 @@
-fn main() {}
+//! `frugal`: make language-model work cheap and prove it. This binary only parses arguments and
+//! wires the library crates together; each subcommand lives in its own module.
+
+mod assets_cmd;
+mod bench;
+mod chat;
+mod embed;
+mod generate;
+mod io;
+mod tokenize;
+
+use clap::{Args, Parser, Subcommand};
+
+/// frugal — cheap language-model work, measured.
+#[derive(Parser)]
+#[command(name = "frugal", version, about, propagate_version = true)]
+struct Cli {
+    /// CPU threads for model work (default: all cores).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// No progress bars or notices.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pinned models and data sets: list them, fetch them.
+    #[command(subcommand)]
+    Assets(assets_cmd::AssetsCmd),
+    /// Sentence embeddings from an encoder (one text per argument, or one per stdin line).
+    Embed(embed::EmbedArgs),
+    /// Generate a completion from a GGUF chat model, streaming it.
+    Generate(generate::GenerateArgs),
+    /// Interactive multi-turn chat with a GGUF chat model.
+    Chat(chat::ChatArgs),
+    /// Show how a model's tokenizer splits text.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Measure speed and memory.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 0.95, value_parser = unit_interval)]
+    top_p: f32,
+    /// Penalise recently generated tokens (1.0: off).
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    repeat_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> frugal_models::chat::SamplingParams {
+        frugal_models::chat::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed: self.seed,
+        }
+    }
+}
+
+fn non_negative(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be 0 or more".into())
+    }
+}
+
+fn positive(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be more than 0".into())
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("must be in (0, 1]".into())
+    }
+}
+
+/// Settings every command sees.
+pub struct Ctx {
+    pub quiet: bool,
+    pub threads: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FRUGAL_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let threads = cli.threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // One pool size for our kernels (rayon) and candle's.
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    let ctx = Ctx {
+        quiet: cli.quiet,
+        threads,
+    };
+    let result = match cli.command {
+        Command::Assets(c) => assets_cmd::run(c, &ctx),
+        Command::Embed(a) => embed::run(a, &ctx),
+        Command::Generate(a) => generate::run(a, &ctx),
+        Command::Chat(a) => chat::run(a, &ctx),
+        Command::Tokenize(a) => tokenize::run(a, &ctx),
+        Command::Bench(c) => bench::run(c, &ctx),
+    };
+    if let Err(e) = result {
+        eprintln!("frugal: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -406,7 +406,7 @@ impl Llama {
             layer.w_up.matmul(&acts, n, &mut u);
             g.iter_mut()
                 .zip(&u)
-                .for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+                .for_each(|(a, b)| *a = ggml::silu(*a) * b);
             let acts = layer.w_down.quantize_acts(&g, n);
             layer.w_down.matmul(&acts, n, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -441,8 +441,9 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 fn rope_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     for (i, pair) in x.chunks_exact_mut(2).enumerate() {
         let (a, b) = (pair[0], pair[1]);
-        pair[0] = a * cos[i] - b * sin[i];
-        pair[1] = a * sin[i] + b * cos[i];
+        // ggml's C compiled with FMA contraction fuses the first product of each line.
+        pair[0] = a.mul_add(cos[i], -(b * sin[i]));
+        pair[1] = a.mul_add(sin[i], b * cos[i]);
     }
 }
 
@@ -460,27 +461,114 @@ fn attention(c: &LlamaConfig, q: &[f32], kc: &[f16], vc: &[f16], pos0: usize, ou
             .map(|&v| f16::from_f32(v).to_f32())
             .collect();
         let n_keys = pos0 + t + 1;
+        let mut kv = vec![0f32; hd];
         let mut scores: Vec<f32> = (0..n_keys)
             .map(|p| {
                 let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                kr.iter().zip(&qh).map(|(k, q)| k.to_f32() * q).sum::<f32>() * scale
+                for (d, k) in kv.iter_mut().zip(kr) {
+                    *d = k.to_f32();
+                }
+                ggml::dot16(&kv, &qh) * scale
             })
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0.0f64;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s as f64;
+        for chunk in scores.chunks_mut(16) {
+            let mut lanes = [0f32; 16];
+            for (l, s) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                *s = ggml::expf(*s - max);
+                *l = *s;
+            }
+            sum += ggml::reduce16(&lanes) as f64;
         }
         let inv = (1.0 / sum) as f32;
-        o.fill(0.0);
-        for (p, &s) in scores.iter().enumerate() {
-            // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16.
-            let w = f16::from_f32(s * inv).to_f32();
+        // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16, 16 positions
+        // per vector lane, one fused multiply-add chain per lane.
+        let probs: Vec<f32> = scores
+            .iter()
+            .map(|&s| f16::from_f32(s * inv).to_f32())
+            .collect();
+        let mut acc = vec![[0f32; 16]; hd];
+        for p in 0..n_keys {
             let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            for (ov, vv) in o.iter_mut().zip(vr) {
-                *ov += w * vv.to_f32();
+            let lane = p % 16;
+            for (a, vv) in acc.iter_mut().zip(vr) {
+                a[lane] = vv.to_f32().mul_add(probs[p], a[lane]);
             }
         }
+        for (ov, a) in o.iter_mut().zip(&acc) {
+            *ov = ggml::reduce16(a);
+        }
     });
+}
+
+/// Bit-for-bit copies of the float routines llama.cpp's CPU backend uses on AVX-512 machines,
+/// so that greedy decoding agrees with it token for token (the int8 activation quantisation
+/// turns last-bit differences into different tokens within a few dozen steps).
+mod ggml {
+    /// `ggml_v_expf` (ARM optimized-routines expf, max error 1.45 ulp + 0.5), one lane.
+    #[inline]
+    pub fn expf(x: f32) -> f32 {
+        let r = 12_582_912.0f32; // 0x1.8p23
+        let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+        let n = z - r;
+        let b = (-n).mul_add(
+            f32::from_bits(0x35bf_be8e),
+            (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+        );
+        if n.abs() > 192.0 || n.is_nan() {
+            return if n.is_nan() {
+                x
+            } else if n > 0.0 {
+                f32::INFINITY
+            } else {
+                0.0
+            };
+        }
+        let u = b * b;
+        let j = f32::from_bits(0x3c07_2010)
+            .mul_add(b, f32::from_bits(0x3d2b_9f17))
+            .mul_add(
+                u,
+                f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+            )
+            .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+        // _mm512_scalef_ps: j * 2^n, rounded once.
+        (j as f64 * (n as f64).exp2()) as f32
+    }
+
+    /// `ggml_v_silu`: x / (1 + e^-x).
+    #[inline]
+    pub fn silu(x: f32) -> f32 {
+        x / (1.0 + expf(0.0 - x))
+    }
+
+    /// `_mm512_reduce_add_ps`: halves added pairwise (256, 128, 64, 32 bits).
+    #[inline]
+    pub fn reduce16(v: &[f32; 16]) -> f32 {
+        let mut t = [0f32; 8];
+        for i in 0..8 {
+            t[i] = v[i + 8] + v[i];
+        }
+        let t4 = [t[4] + t[0], t[5] + t[1], t[6] + t[2], t[7] + t[3]];
+        (t4[0] + t4[2]) + (t4[1] + t4[3])
+    }
+
+    /// tinyBLAS's fp16 dot product: 16 lanes, one fused multiply-add chain each, then reduced.
+    #[inline]
+    pub fn dot16(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+            for l in 0..16 {
+                acc[l] = ca[l].mul_add(cb[l], acc[l]);
+            }
+        }
+        let tail = a.len() / 16 * 16;
+        reduce16(&acc)
+            + a[tail..]
+                .iter()
+                .zip(&b[tail..])
+                .map(|(x, y)| x * y)
+                .sum::<f32>()
+    }
 }

@@ -1,0 +1,111 @@
+//! Input, output and loading helpers shared by the commands.
+
+use anyhow::{bail, Context, Result};
+use frugal_models::assets::Store;
+use frugal_models::chat::ChatModel;
+use frugal_models::encoder::Encoder;
+use frugal_models::resolve::{resolve_model, ModelPath};
+use std::io::{IsTerminal, Read};
+
+/// Texts from the arguments, or one per line of stdin when there are none. Empty input and
+/// non-UTF-8 input are errors that say what to do.
+pub fn texts_from(args: Vec<String>) -> Result<Vec<String>> {
+    if !args.is_empty() {
+        return Ok(args);
+    }
+    if std::io::stdin().is_terminal() {
+        bail!("no input: give texts as arguments, or pipe one text per line on stdin");
+    }
+    let mut bytes = vec![];
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading stdin")?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            bail!("stdin is not valid UTF-8 (line {line}, byte {at}); convert it first, e.g. `iconv -f latin1 -t utf-8`")
+        }
+    };
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    if lines.iter().all(|l| l.is_empty()) {
+        bail!("no input: stdin was empty; give one text per line");
+    }
+    Ok(lines)
+}
+
+/// Reads a file of one text per line (blank lines skipped).
+pub fn lines_of(path: &std::path::Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (byte {}); convert it first",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    if lines.is_empty() {
+        bail!("{} has no text: give one text per line", path.display());
+    }
+    Ok(lines)
+}
+
+/// Loads an encoder from an asset name or a folder.
+pub fn load_encoder(spec: &str) -> Result<Encoder> {
+    match resolve_model(spec, &Store::from_env())? {
+        ModelPath::HfDir(dir) => Ok(Encoder::load(&dir)?),
+        ModelPath::Gguf(p) => bail!(
+            "--model {}: a GGUF file is a chat model; `embed` needs an encoder folder (config.json + *.safetensors + tokenizer.json) or an encoder asset such as minilm",
+            p.display()
+        ),
+    }
+}
+
+/// Loads a chat model from an asset name or a .gguf file.
+pub fn load_chat(spec: &str) -> Result<ChatModel> {
+    match resolve_model(spec, &Store::from_env())? {
+        ModelPath::Gguf(p) => Ok(ChatModel::load(&p)?),
+        ModelPath::HfDir(dir) => bail!(
+            "--model {}: a folder is an encoder; this command needs a GGUF chat model (a .gguf file, or an asset such as smollm2)",
+            dir.display()
+        ),
+    }
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), or 0 where /proc is missing.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A progress bar on stderr, hidden when stdout is not a terminal or with --quiet.
+pub fn progress(len: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet || !std::io::stdout().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -1,0 +1,68 @@
+//! `frugal tokenize`: token ids and pieces of a text, for encoders and chat models alike.
+
+use crate::io::texts_from;
+use crate::Ctx;
+use anyhow::Result;
+use clap::Args;
+use frugal_models::assets::Store;
+use frugal_models::chat::ChatModel;
+use frugal_models::encoder::Encoder;
+use frugal_models::resolve::{resolve_model, ModelPath};
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Model: asset name, Hugging Face folder, or .gguf file.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Texts; without them, one per line of stdin. Special tokens such as <|im_start|> are parsed.
+    texts: Vec<String>,
+    /// One JSON line per text: {"text", "ids", "tokens", "count"}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: TokenizeArgs, _ctx: &Ctx) -> Result<()> {
+    let texts = texts_from(a.texts)?;
+    let tokenize: Box<dyn Fn(&str) -> Result<(Vec<u32>, Vec<String>)>> =
+        match resolve_model(&a.model, &Store::from_env())? {
+            ModelPath::Gguf(p) => {
+                let m = ChatModel::load(&p)?;
+                Box::new(move |t| {
+                    let ids = m.tokenizer.encode(t)?;
+                    let toks = ids
+                        .iter()
+                        .map(|&i| m.tokenizer.token_str(i).unwrap_or_default())
+                        .collect();
+                    Ok((ids, toks))
+                })
+            }
+            ModelPath::HfDir(d) => {
+                let e = Encoder::load(&d)?;
+                Box::new(move |t| {
+                    let enc = e
+                        .tokenizer
+                        .encode(t, true)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok((enc.get_ids().to_vec(), enc.get_tokens().to_vec()))
+                })
+            }
+        };
+    for t in &texts {
+        let (ids, toks) = tokenize(t)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"text": t, "ids": ids, "tokens": toks, "count": ids.len()})
+            );
+        } else {
+            println!("{} tokens", ids.len());
+            let pairs: Vec<String> = ids
+                .iter()
+                .zip(&toks)
+                .map(|(i, s)| format!("{i}:{s}"))
+                .collect();
+            println!("  {}", pairs.join(" "));
+        }
+    }
+    Ok(())
+}

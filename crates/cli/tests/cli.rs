@@ -1,0 +1,274 @@
+//! The `frugal` binary end to end: real assets, real subprocesses, the documented interfaces,
+//! and the bad-input paths (clear message, non-zero exit, nothing half-written).
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn frugal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_frugal"))
+}
+
+fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = frugal()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn embed_json_gives_one_normalised_vector_per_stdin_line() {
+    let o = run_with_stdin(
+        &["embed", "--model", "minilm", "--json"],
+        "first text\nsecond one\n".as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["text"], "second one");
+    let v: Vec<f64> = lines[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 384);
+    let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn generate_json_reports_counts_and_speeds() {
+    let o = frugal()
+        .args([
+            "generate",
+            "--model",
+            "smollm2",
+            "--prompt",
+            "Write a haiku about saving money.",
+            "--max-tokens",
+            "8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!v["text"].as_str().unwrap().is_empty());
+    assert_eq!(v["completion_tokens"], 8);
+    assert_eq!(v["finish_reason"], "length");
+    assert!(
+        v["prompt_tokens"].as_u64().unwrap() > 10,
+        "the chat template adds the turn markers"
+    );
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["prompt_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn raw_greedy_generation_is_deterministic_and_stop_sequences_cut() {
+    let args = [
+        "generate",
+        "--prompt",
+        "<|im_start|>user\nList three colours.<|im_end|>\n<|im_start|>assistant\n",
+        "--raw",
+        "--max-tokens",
+        "24",
+        "--json",
+    ];
+    let a = frugal().args(args).output().unwrap();
+    let b = frugal().args(args).output().unwrap();
+    assert!(a.status.success(), "{}", stderr(&a));
+    let text_of = |o: &Output| {
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let text = text_of(&a);
+    assert_eq!(text, text_of(&b));
+    // Stop at the first space: the output must be the text before it, with finish_reason stop.
+    let first_word = text.split(' ').next().unwrap().to_string();
+    let mut with_stop = args.to_vec();
+    with_stop.extend(["--stop", " "]);
+    let c = frugal().args(&with_stop).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(v["text"].as_str().unwrap(), first_word);
+    assert_eq!(v["finish_reason"], "stop");
+}
+
+#[test]
+fn chat_is_multi_turn_over_stdin() {
+    let o = run_with_stdin(
+        &["chat", "--max-tokens", "16"],
+        b"Hi! My name is Ada.\n/reset\nWhat is 2+2?\n/exit\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
+        "two replies: {out}"
+    );
+}
+
+#[test]
+fn tokenize_matches_llama_cpp_ids() {
+    let o = frugal()
+        .args(["tokenize", "--json", "<|im_start|>user\nWrite a haiku about saving money.<|im_end|>\n<|im_start|>assistant\n"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [1, 4093, 198, 19161, 253, 421, 30614, 563, 8945, 2478, 30, 2, 198, 1, 520, 9531, 198]
+    );
+}
+
+#[test]
+fn bench_embed_and_generate_print_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.txt");
+    std::fs::write(&input, "one text\nanother, longer text about cost\nthird\n").unwrap();
+    let o = frugal()
+        .args([
+            "bench",
+            "embed",
+            "--input",
+            input.to_str().unwrap(),
+            "--repeats",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["sentences_per_s", "tokens_per_s", "peak_rss_mb", "threads"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    let o = frugal()
+        .args([
+            "bench",
+            "generate",
+            "--max-tokens",
+            "8",
+            "--repeats",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["prompt_tokens_per_s", "tokens_per_s", "peak_rss_mb"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+}
+
+fn fails_with(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "should fail");
+    let e = stderr(o);
+    assert!(!e.contains("panicked"), "panic: {e}");
+    for n in needles {
+        assert!(e.contains(n), "'{n}' not in: {e}");
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    // Unknown asset / model.
+    fails_with(
+        &frugal().args(["assets", "fetch", "gpt5"]).output().unwrap(),
+        &["gpt5", "minilm, smollm2, spamassassin"],
+    );
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", "nosuch", "x"])
+            .output()
+            .unwrap(),
+        &["nosuch", "minilm"],
+    );
+    // Wrong kind of model for the command.
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", "smollm2", "x"])
+            .output()
+            .unwrap(),
+        &["GGUF", "encoder"],
+    );
+    // --max-tokens 0.
+    fails_with(
+        &frugal()
+            .args(["generate", "--prompt", "hi", "--max-tokens", "0"])
+            .output()
+            .unwrap(),
+        &["--max-tokens"],
+    );
+    // Empty and non-UTF-8 stdin.
+    fails_with(&run_with_stdin(&["embed"], b""), &["no input"]);
+    fails_with(
+        &run_with_stdin(&["embed"], b"ok\n\xff\xfe bad\n"),
+        &["UTF-8", "line 2"],
+    );
+    // A prompt longer than the context window.
+    let long = "word ".repeat(9000);
+    fails_with(
+        &frugal()
+            .args(["generate", "--prompt", &long, "--max-tokens", "1"])
+            .output()
+            .unwrap(),
+        &["context window"],
+    );
+    // Missing files in a model folder; a file that is not GGUF.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", dir.path().to_str().unwrap(), "x"])
+            .output()
+            .unwrap(),
+        &["config.json"],
+    );
+    let empty = tempfile::tempdir().unwrap();
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", empty.path().to_str().unwrap(), "x"])
+            .output()
+            .unwrap(),
+        &["config.json", "missing"],
+    );
+    let notgguf = dir.path().join("model.gguf");
+    std::fs::write(&notgguf, b"not a model").unwrap();
+    fails_with(
+        &frugal()
+            .args([
+                "generate",
+                "--model",
+                notgguf.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ])
+            .output()
+            .unwrap(),
+        &["GGUF"],
+    );
+}
