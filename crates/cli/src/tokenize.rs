@@ -23,32 +23,12 @@ pub struct TokenizeArgs {
 
 pub fn run(a: TokenizeArgs, _ctx: &Ctx) -> Result<()> {
     let texts = texts_from(a.texts)?;
-    let tokenize: Box<dyn Fn(&str) -> Result<(Vec<u32>, Vec<String>)>> =
-        match resolve_model(&a.model, &Store::from_env())? {
-            ModelPath::Gguf(p) => {
-                let m = ChatModel::load(&p)?;
-                Box::new(move |t| {
-                    let ids = m.tokenizer.encode(t)?;
-                    let toks = ids
-                        .iter()
-                        .map(|&i| m.tokenizer.token_str(i).unwrap_or_default())
-                        .collect();
-                    Ok((ids, toks))
-                })
-            }
-            ModelPath::HfDir(d) => {
-                let e = Encoder::load(&d)?;
-                Box::new(move |t| {
-                    let enc = e
-                        .tokenizer
-                        .encode(t, true)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    Ok((enc.get_ids().to_vec(), enc.get_tokens().to_vec()))
-                })
-            }
-        };
+    let model = match resolve_model(&a.model, &Store::from_env())? {
+        ModelPath::Gguf(p) => Loaded::Chat(Box::new(ChatModel::load(&p)?)),
+        ModelPath::HfDir(d) => Loaded::Encoder(Box::new(Encoder::load(&d)?)),
+    };
     for t in &texts {
-        let (ids, toks) = tokenize(t)?;
+        let (ids, toks) = model.tokenize(t)?;
         if a.json {
             println!(
                 "{}",
@@ -65,4 +45,32 @@ pub fn run(a: TokenizeArgs, _ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+enum Loaded {
+    Chat(Box<ChatModel>),
+    Encoder(Box<Encoder>),
+}
+
+impl Loaded {
+    /// Ids and their vocabulary strings, special tokens included.
+    fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        match self {
+            Loaded::Chat(m) => {
+                let ids = m.tokenizer.encode(text)?;
+                let toks = ids
+                    .iter()
+                    .map(|&i| m.tokenizer.token_str(i).unwrap_or_default())
+                    .collect();
+                Ok((ids, toks))
+            }
+            Loaded::Encoder(e) => {
+                let enc = e
+                    .tokenizer
+                    .encode(text, true)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok((enc.get_ids().to_vec(), enc.get_tokens().to_vec()))
+            }
+        }
+    }
 }

@@ -121,6 +121,18 @@ fn write_tiny(path: &Path, spec: Spec) {
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
 }
 
+/// Writes a tiny model into `dir` and returns its path.
+fn tiny(
+    dir: &tempfile::TempDir,
+    name: &str,
+    arch: &'static str,
+    wtype: GgmlDType,
+) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    write_tiny(&path, Spec { arch, wtype });
+    path
+}
+
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
@@ -132,14 +144,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 #[test]
 fn tiny_llama_loads_tokenizes_and_generates() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny(
-        &path,
-        Spec {
-            arch: "llama",
-            wtype: GgmlDType::Q4_1,
-        },
-    );
+    let path = tiny(&dir, "tiny.gguf", "llama", GgmlDType::Q4_1);
     let m = ChatModel::load(&path).unwrap();
     let ids = m.tokenizer.encode("<|im_start|>hello 42").unwrap();
     assert_eq!(ids[0], 1, "special token parsed whole");
@@ -178,14 +183,7 @@ fn tiny_llama_loads_tokenizes_and_generates() {
 fn q8_0_and_f16_weights_run_too() {
     for ty in [GgmlDType::Q8_0, GgmlDType::F16, GgmlDType::Q4_0] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        write_tiny(
-            &path,
-            Spec {
-                arch: "llama",
-                wtype: ty,
-            },
-        );
+        let path = tiny(&dir, "tiny.gguf", "llama", ty);
         let m = ChatModel::load(&path).unwrap();
         let g = m
             .generate(&[3, 4, 5], &greedy(4), &mut m.new_cache(), &mut |_| true)
@@ -197,27 +195,13 @@ fn q8_0_and_f16_weights_run_too() {
 #[test]
 fn other_architectures_and_quantisations_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gpt.gguf");
-    write_tiny(
-        &path,
-        Spec {
-            arch: "gpt2",
-            wtype: GgmlDType::Q4_1,
-        },
-    );
+    let path = tiny(&dir, "gpt.gguf", "gpt2", GgmlDType::Q4_1);
     let err = ChatModel::load(&path).err().unwrap().to_string();
     assert!(
         err.contains("unsupported model architecture 'gpt2'") && err.contains("llama"),
         "{err}"
     );
-    let path = dir.path().join("bf16.gguf");
-    write_tiny(
-        &path,
-        Spec {
-            arch: "llama",
-            wtype: GgmlDType::BF16,
-        },
-    );
+    let path = tiny(&dir, "bf16.gguf", "llama", GgmlDType::BF16);
     let err = ChatModel::load(&path).err().unwrap().to_string();
     assert!(err.contains("BF16") && err.contains("Q4_1"), "{err}");
 }
@@ -225,14 +209,7 @@ fn other_architectures_and_quantisations_are_refused_by_name() {
 #[test]
 fn truncated_gguf_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny(
-        &path,
-        Spec {
-            arch: "llama",
-            wtype: GgmlDType::Q4_1,
-        },
-    );
+    let path = tiny(&dir, "tiny.gguf", "llama", GgmlDType::Q4_1);
     let bytes = std::fs::read(&path).unwrap();
     for cut in [bytes.len() - 100, 2000, 10] {
         std::fs::write(&path, &bytes[..cut]).unwrap();

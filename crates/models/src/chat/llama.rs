@@ -5,11 +5,11 @@
 //! causal grouped-query attention -> output projection -> residual -> RMSNorm -> SwiGLU MLP ->
 //! residual. Tokens of a prompt go through as one batch so every weight is read once per batch.
 
+use super::parallel::{split, Shared, SpinBarrier};
 use super::quant::{QMatrix, WType};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
 use half::f16;
-use rayon::prelude::*;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -354,75 +354,169 @@ impl Llama {
                 c.n_vocab
             )));
         }
-        let (d, hd, kv_dim) = (c.n_embd, c.head_dim, c.n_head_kv * c.head_dim);
         let pos0 = cache.len();
         self.ensure_rope(pos0 + n);
         let rope = self.rope.read().expect("rope lock");
-        let (cos, sin) = (&rope.1, &rope.2);
-
+        let d = c.n_embd;
         let mut x = vec![0.0f32; n * d];
         for (t, &tok) in tokens.iter().enumerate() {
             self.tok_embd
                 .dequantize_row(tok as usize, &mut x[t * d..(t + 1) * d]);
         }
-        let mut h = vec![0.0f32; n * d];
-        let mut q = vec![0.0f32; n * d];
-        let mut k = vec![0.0f32; n * kv_dim];
-        let mut v = vec![0.0f32; n * kv_dim];
-        let mut att = vec![0.0f32; n * d];
-        let mut o = vec![0.0f32; n * d];
-        let mut g = vec![0.0f32; n * c.n_ff];
-        let mut u = vec![0.0f32; n * c.n_ff];
+        let rows = if all_logits { n } else { 1 };
+        let bufs = Buffers {
+            x: Shared::new(x),
+            q: Shared::new(vec![0.0; n * d]),
+            k: Shared::new(vec![0.0; n * c.n_head_kv * c.head_dim]),
+            v: Shared::new(vec![0.0; n * c.n_head_kv * c.head_dim]),
+            att: Shared::new(vec![0.0; n * d]),
+            g: Shared::new(vec![0.0; n * c.n_ff]),
+            u: Shared::new(vec![0.0; n * c.n_ff]),
+            logits: Shared::new(vec![0.0; rows * c.n_vocab]),
+            cache: Shared::new(cache),
+        };
+        let nth = rayon::current_num_threads().max(1);
+        let barrier = SpinBarrier::new(nth);
+        let step = Step {
+            tokens,
+            pos0,
+            rows,
+            cos: &rope.1,
+            sin: &rope.2,
+        };
+        if nth == 1 {
+            self.run_thread(&step, &bufs, 0, 1, &barrier);
+        } else {
+            rayon::broadcast(|ctx| self.run_thread(&step, &bufs, ctx.index(), nth, &barrier));
+        }
+        let cache = bufs.cache.into_inner();
+        cache.tokens.extend_from_slice(tokens);
+        Ok(bufs.logits.into_inner())
+    }
 
+    /// One thread's part of a forward pass: every product is split by weight rows, attention by
+    /// (token, head); a barrier follows each step whose results another thread reads.
+    fn run_thread(&self, s: &Step, b: &Buffers, tid: usize, nth: usize, barrier: &SpinBarrier) {
+        let c = &self.config;
+        let (n, d, hd) = (s.tokens.len(), c.n_embd, c.head_dim);
+        let kv_dim = c.n_head_kv * hd;
+        let mut h = vec![0.0f32; n * d];
+        // SAFETY (all `get` calls below): each thread writes only rows in its `split` share,
+        // or only thread 0 writes; reads of another thread's writes come after a barrier.
         for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            // Attention block. Every thread normalises and quantises the input itself: cheaper
+            // than another barrier.
+            rms_norm(unsafe { b.x.get() }, &layer.attn_norm, c.rms_eps, &mut h);
             let acts = layer.wq.quantize_acts(&h, n);
-            layer.wq.matmul(&acts, n, &mut q);
-            layer.wk.matmul(&acts, n, &mut k);
-            layer.wv.matmul(&acts, n, &mut v);
-            for t in 0..n {
-                let p = pos0 + t;
-                let (cs, sn) = (
-                    &cos[p * hd / 2..(p + 1) * hd / 2],
-                    &sin[p * hd / 2..(p + 1) * hd / 2],
-                );
-                for head in q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
-                    rope_pairs(head, cs, sn);
+            layer
+                .wq
+                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.q.get() }, false);
+            layer.wk.matmul_rows(
+                &acts,
+                n,
+                split(kv_dim, tid, nth),
+                unsafe { b.k.get() },
+                false,
+            );
+            layer.wv.matmul_rows(
+                &acts,
+                n,
+                split(kv_dim, tid, nth),
+                unsafe { b.v.get() },
+                false,
+            );
+            barrier.wait();
+            if tid == 0 {
+                let (q, k, v) = unsafe { (b.q.get(), b.k.get(), b.v.get()) };
+                for t in 0..n {
+                    let p = (s.pos0 + t) * hd / 2;
+                    let (cs, sn) = (&s.cos[p..p + hd / 2], &s.sin[p..p + hd / 2]);
+                    for head in q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
+                        rope_pairs(head, cs, sn);
+                    }
+                    for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                        rope_pairs(head, cs, sn);
+                    }
                 }
-                for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                    rope_pairs(head, cs, sn);
+                let cache = unsafe { b.cache.get() };
+                cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f)));
+                cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f)));
+            }
+            barrier.wait();
+            {
+                let cache = unsafe { b.cache.get() };
+                let (q, att) = unsafe { (b.q.get(), b.att.get()) };
+                for unit in split(n * c.n_head, tid, nth) {
+                    let out = &mut att[unit * hd..(unit + 1) * hd];
+                    attend(c, q, &cache.k[li], &cache.v[li], s.pos0, unit, out);
                 }
             }
-            cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f)));
-            cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f)));
-            attention(c, &q, &cache.k[li], &cache.v[li], pos0, &mut att);
-            let acts = layer.wo.quantize_acts(&att, n);
-            layer.wo.matmul(&acts, n, &mut o);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            barrier.wait();
+            let acts = layer.wo.quantize_acts(unsafe { b.att.get() }, n);
+            // Residual fused: x += att · Woᵀ, each thread on its rows.
+            layer
+                .wo
+                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.x.get() }, true);
+            barrier.wait();
 
-            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            // Feed-forward block (SwiGLU): gate and up split the same way, so each thread can
+            // apply SiLU(g)·u to its own rows without waiting.
+            rms_norm(unsafe { b.x.get() }, &layer.ffn_norm, c.rms_eps, &mut h);
             let acts = layer.w_gate.quantize_acts(&h, n);
-            layer.w_gate.matmul(&acts, n, &mut g);
-            layer.w_up.matmul(&acts, n, &mut u);
-            g.iter_mut()
-                .zip(&u)
-                .for_each(|(a, b)| *a = ggml::silu(*a) * b);
-            let acts = layer.w_down.quantize_acts(&g, n);
-            layer.w_down.matmul(&acts, n, &mut o);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let mine = split(c.n_ff, tid, nth);
+            let (g, u) = unsafe { (b.g.get(), b.u.get()) };
+            layer.w_gate.matmul_rows(&acts, n, mine.clone(), g, false);
+            layer.w_up.matmul_rows(&acts, n, mine.clone(), u, false);
+            for t in 0..n {
+                for r in mine.clone() {
+                    let i = t * c.n_ff + r;
+                    g[i] = ggml::silu(g[i]) * u[i];
+                }
+            }
+            barrier.wait();
+            let acts = layer.w_down.quantize_acts(unsafe { b.g.get() }, n);
+            layer
+                .w_down
+                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.x.get() }, true);
+            barrier.wait();
         }
-        cache.tokens.extend_from_slice(tokens);
-
-        let rows = if all_logits { n } else { 1 };
-        let last = &x[(n - rows) * d..];
-        let mut hn = vec![0.0f32; rows * d];
+        let x = unsafe { b.x.get() };
+        let last = &x[(n - s.rows) * d..];
+        let mut hn = vec![0.0f32; s.rows * d];
         rms_norm(last, &self.out_norm, c.rms_eps, &mut hn);
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
-        let acts = head.quantize_acts(&hn, rows);
-        let mut logits = vec![0.0f32; rows * c.n_vocab];
-        head.matmul(&acts, rows, &mut logits);
-        Ok(logits)
+        let acts = head.quantize_acts(&hn, s.rows);
+        head.matmul_rows(
+            &acts,
+            s.rows,
+            split(c.n_vocab, tid, nth),
+            unsafe { b.logits.get() },
+            false,
+        );
     }
+}
+
+/// What every thread of a forward pass reads.
+struct Step<'a> {
+    tokens: &'a [u32],
+    pos0: usize,
+    /// Rows of logits wanted (1, or every token's).
+    rows: usize,
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
+/// The activations the threads of a forward pass share.
+struct Buffers<'a> {
+    x: Shared<Vec<f32>>,
+    q: Shared<Vec<f32>>,
+    k: Shared<Vec<f32>>,
+    v: Shared<Vec<f32>>,
+    att: Shared<Vec<f32>>,
+    g: Shared<Vec<f32>>,
+    u: Shared<Vec<f32>>,
+    logits: Shared<Vec<f32>>,
+    cache: Shared<&'a mut KvCache>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -447,59 +541,66 @@ fn rope_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Causal grouped-query attention of the new queries against the cache (which already holds
-/// them). Like llama.cpp with an fp16 cache, queries are rounded to fp16 before the dot product.
-fn attention(c: &LlamaConfig, q: &[f32], kc: &[f16], vc: &[f16], pos0: usize, out: &mut [f32]) {
+/// Causal grouped-query attention for one (token, head) `unit` of the new queries against the
+/// cache (which already holds them). Like llama.cpp with an fp16 cache, queries are rounded to
+/// fp16 before the dot product.
+fn attend(
+    c: &LlamaConfig,
+    q: &[f32],
+    kc: &[f16],
+    vc: &[f16],
+    pos0: usize,
+    unit: usize,
+    o: &mut [f32],
+) {
     let (d, hd, kv_dim) = (c.n_embd, c.head_dim, c.n_head_kv * c.head_dim);
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (t, h) = (idx / c.n_head, idx % c.n_head);
-        let kvh = h / group;
-        let qh: Vec<f32> = q[t * d + h * hd..t * d + (h + 1) * hd]
-            .iter()
-            .map(|&v| f16::from_f32(v).to_f32())
-            .collect();
-        let n_keys = pos0 + t + 1;
-        let mut kv = vec![0f32; hd];
-        let mut scores: Vec<f32> = (0..n_keys)
-            .map(|p| {
-                let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                for (d, k) in kv.iter_mut().zip(kr) {
-                    *d = k.to_f32();
-                }
-                ggml::dot16(&kv, &qh) * scale
-            })
-            .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0.0f64;
-        for chunk in scores.chunks_mut(16) {
-            let mut lanes = [0f32; 16];
-            for (l, s) in lanes.iter_mut().zip(chunk.iter_mut()) {
-                *s = ggml::expf(*s - max);
-                *l = *s;
+    let (t, h) = (unit / c.n_head, unit % c.n_head);
+    let kvh = h / group;
+    let qh: Vec<f32> = q[t * d + h * hd..t * d + (h + 1) * hd]
+        .iter()
+        .map(|&v| f16::from_f32(v).to_f32())
+        .collect();
+    let n_keys = pos0 + t + 1;
+    let mut kv = vec![0f32; hd];
+    let mut scores: Vec<f32> = (0..n_keys)
+        .map(|p| {
+            let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+            for (d, k) in kv.iter_mut().zip(kr) {
+                *d = k.to_f32();
             }
-            sum += ggml::reduce16(&lanes) as f64;
+            ggml::dot16(&kv, &qh) * scale
+        })
+        .collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut sum = 0.0f64;
+    for chunk in scores.chunks_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (l, s) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *s = ggml::expf(*s - max);
+            *l = *s;
         }
-        let inv = (1.0 / sum) as f32;
-        // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16, 16 positions
-        // per vector lane, one fused multiply-add chain per lane.
-        let probs: Vec<f32> = scores
-            .iter()
-            .map(|&s| f16::from_f32(s * inv).to_f32())
-            .collect();
-        let mut acc = vec![[0f32; 16]; hd];
-        for p in 0..n_keys {
-            let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            let lane = p % 16;
-            for (a, vv) in acc.iter_mut().zip(vr) {
-                a[lane] = vv.to_f32().mul_add(probs[p], a[lane]);
-            }
+        sum += ggml::reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16, 16 positions
+    // per vector lane, one fused multiply-add chain per lane.
+    let probs: Vec<f32> = scores
+        .iter()
+        .map(|&s| f16::from_f32(s * inv).to_f32())
+        .collect();
+    let mut acc = vec![[0f32; 16]; hd];
+    for p in 0..n_keys {
+        let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+        let lane = p % 16;
+        for (a, vv) in acc.iter_mut().zip(vr) {
+            a[lane] = vv.to_f32().mul_add(probs[p], a[lane]);
         }
-        for (ov, a) in o.iter_mut().zip(&acc) {
-            *ov = ggml::reduce16(a);
-        }
-    });
+    }
+    for (ov, a) in o.iter_mut().zip(&acc) {
+        *ov = ggml::reduce16(a);
+    }
 }
 
 /// Bit-for-bit copies of the float routines llama.cpp's CPU backend uses on AVX-512 machines,

@@ -5,6 +5,7 @@
 //! a KV cache, sampling, stop sequences and a callback that receives text as it is produced.
 
 pub mod llama;
+mod parallel;
 pub mod quant;
 pub mod sampling;
 pub mod template;

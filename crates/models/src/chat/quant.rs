@@ -8,7 +8,6 @@
 
 use crate::error::{Error, Result};
 use half::f16;
-use rayon::prelude::*;
 
 /// Elements per quantisation block.
 pub const QK: usize = 32;
@@ -207,62 +206,72 @@ impl QMatrix {
         }
     }
 
-    /// Dot product of weight row `r` with activation row `t`.
+    /// Dot products of weight row `r` with activation rows `t0..t0 + T`.
     #[inline]
-    fn dot(&self, r: usize, acts: &QActs, t: usize) -> f32 {
+    fn dots<const T: usize>(&self, r: usize, acts: &QActs, t0: usize) -> [f32; T] {
         let row = self.row(r);
+        let nb = acts.blocks_per_row;
         match self.wtype {
-            WType::F32 => {
-                let x = &acts.f32_rows[t * acts.cols..(t + 1) * acts.cols];
-                row.chunks_exact(4)
-                    .zip(x)
-                    .map(|(c, v)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * v)
-                    .sum()
-            }
-            WType::F16 => {
-                let x = &acts.f32_rows[t * acts.cols..(t + 1) * acts.cols];
-                (0..acts.cols).map(|i| f16_at(row, 2 * i) * x[i]).sum()
-            }
-            _ => {
-                let nb = acts.blocks_per_row;
-                let d = &acts.d[t * nb..(t + 1) * nb];
-                let s = &acts.s[t * nb..(t + 1) * nb];
-                let qs = &acts.qs[t * nb * QK..(t + 1) * nb * QK];
-                match self.wtype {
-                    WType::Q4_1 => kernels::dot_q4_1(row, d, s, qs),
-                    WType::Q4_0 => kernels::dot_q4_0(row, d, qs),
-                    WType::Q8_0 => kernels::dot_q8_0(row, d, qs),
-                    _ => unreachable!(),
+            WType::Q4_1 => kernels::dot_q4_1::<T>(row, &acts.d, &acts.s, &acts.qs, nb, t0),
+            WType::Q8_0 => kernels::dot_q8_0::<T>(row, &acts.d, &acts.qs, nb, t0),
+            WType::Q4_0 => std::array::from_fn(|j| {
+                let t = t0 + j;
+                kernels::dot_q4_0(
+                    row,
+                    &acts.d[t * nb..(t + 1) * nb],
+                    &acts.qs[t * nb * QK..(t + 1) * nb * QK],
+                )
+            }),
+            WType::F32 | WType::F16 => std::array::from_fn(|j| {
+                let x = &acts.f32_rows[(t0 + j) * acts.cols..(t0 + j + 1) * acts.cols];
+                if self.wtype == WType::F32 {
+                    row.chunks_exact(4)
+                        .zip(x)
+                        .map(|(c, v)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * v)
+                        .sum()
+                } else {
+                    (0..acts.cols).map(|k| f16_at(row, 2 * k) * x[k]).sum()
                 }
-            }
+            }),
         }
     }
 
     /// `out[t][r] = sum_k x[t][k] * W[r][k]` for `n` input rows: out is `n` x `rows`.
-    /// Splits the weight rows across rayon's threads; each weight row is read once for all `n`.
     pub fn matmul(&self, acts: &QActs, n: usize, out: &mut [f32]) {
-        debug_assert_eq!(out.len(), n * self.rows);
-        let rows = self.rows;
-        let chunk = (rows / (rayon::current_num_threads() * 4)).clamp(16, 256);
-        let out_ptr = SyncPtr(out.as_mut_ptr());
-        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let p = &out_ptr;
-            let r0 = c * chunk;
-            let r1 = (r0 + chunk).min(rows);
-            for t in 0..n {
-                for r in r0..r1 {
-                    let v = self.dot(r, acts, t);
-                    // SAFETY: each (t, r) is written by exactly one task; r ranges are disjoint.
-                    unsafe { *p.0.add(t * rows + r) = v };
+        assert_eq!(out.len(), n * self.rows);
+        self.matmul_rows(acts, n, 0..self.rows, out, false);
+    }
+
+    /// The weight rows `rows` of the product only (one thread's share); with `accumulate`,
+    /// adds to `out` instead of overwriting it (a fused residual connection). Each weight row
+    /// is read once for all `n` input rows.
+    pub fn matmul_rows(
+        &self,
+        acts: &QActs,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        debug_assert!(out.len() >= n * self.rows && rows.end <= self.rows);
+        let mut put = |t: usize, r: usize, v: f32| {
+            let o = &mut out[t * self.rows + r];
+            *o = if accumulate { *o + v } else { v };
+        };
+        // Four activation rows at a time share each unpacked weight block.
+        let n4 = n / 4 * 4;
+        for r in rows {
+            for t in (0..n4).step_by(4) {
+                for (j, v) in self.dots::<4>(r, acts, t).into_iter().enumerate() {
+                    put(t + j, r, v);
                 }
             }
-        });
+            for t in n4..n {
+                put(t, r, self.dots::<1>(r, acts, t)[0]);
+            }
+        }
     }
 }
-
-struct SyncPtr(*mut f32);
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
 
 mod kernels {
     //! Block dot products. `d`, `s`: per-block activation scales; `qs`: activation int8s.
@@ -271,19 +280,51 @@ mod kernels {
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
 
+    /// The integer dot products of 32 unsigned and 32 signed bytes, summed in groups of four
+    /// into eight i32 lanes (one VNNI instruction where the CPU has it; same integers).
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[inline(always)]
+    unsafe fn mul_sum_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+        #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+        {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+        }
+        #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+        {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+        }
+    }
+
+    /// One Q4_1 weight row against `T` activation rows starting at `t0` (`nb` blocks a row):
+    /// the nibbles are unpacked once for all of them. Per row the arithmetic is ggml's
+    /// `vec_dot_q4_1_q8_1`, in the same order.
     #[inline]
-    pub fn dot_q4_1(w: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
+    pub fn dot_q4_1<const T: usize>(
+        w: &[u8],
+        d: &[f32],
+        s: &[f32],
+        qs: &[i8],
+        nb: usize,
+        t0: usize,
+    ) -> [f32; T] {
+        assert!(
+            qs.len() >= (t0 + T) * nb * QK && d.len() >= (t0 + T) * nb && s.len() >= (t0 + T) * nb
+        );
         #[cfg(all(
             target_arch = "x86_64",
             target_feature = "avx2",
             target_feature = "fma"
         ))]
-        // SAFETY: the target features are enabled at compile time; loads are unaligned.
+        // SAFETY: the target features are enabled at compile time; every index is in bounds by
+        // the assert above; loads are unaligned.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            let mut summs = 0.0f32;
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut summs = [0.0f32; T];
             let mask = _mm_set1_epi8(0x0f);
-            let ones = _mm256_set1_epi16(1);
             for (b, blk) in w.chunks_exact(20).enumerate() {
                 let dw = f16_at(blk, 0);
                 let mw = f16_at(blk, 2);
@@ -291,12 +332,16 @@ mod kernels {
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 let wq = _mm256_set_m128i(hi, lo);
-                let aq = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), _mm256_cvtepi32_ps(p), acc);
-                summs += mw * s[b];
+                for j in 0..T {
+                    let i = (t0 + j) * nb + b;
+                    let aq = _mm256_loadu_si256(qs.as_ptr().add(i * QK) as *const __m256i);
+                    let p = mul_sum_u8_i8(wq, aq);
+                    let scale = _mm256_set1_ps(dw * *d.get_unchecked(i));
+                    acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
+                    summs[j] += mw * *s.get_unchecked(i);
+                }
             }
-            hsum(acc) + summs
+            std::array::from_fn(|j| hsum(acc[j]) + summs[j])
         }
         #[cfg(not(all(
             target_arch = "x86_64",
@@ -304,17 +349,20 @@ mod kernels {
             target_feature = "fma"
         )))]
         {
-            let mut sum = 0.0f32;
-            for (b, blk) in w.chunks_exact(20).enumerate() {
-                let a = &qs[b * QK..(b + 1) * QK];
-                let mut si = 0i32;
-                for j in 0..16 {
-                    si += (blk[4 + j] & 0x0f) as i32 * a[j] as i32;
-                    si += (blk[4 + j] >> 4) as i32 * a[j + 16] as i32;
+            std::array::from_fn(|j| {
+                let mut sum = 0.0f32;
+                for (b, blk) in w.chunks_exact(20).enumerate() {
+                    let i = (t0 + j) * nb + b;
+                    let a = &qs[i * QK..(i + 1) * QK];
+                    let mut si = 0i32;
+                    for k in 0..16 {
+                        si += (blk[4 + k] & 0x0f) as i32 * a[k] as i32;
+                        si += (blk[4 + k] >> 4) as i32 * a[k + 16] as i32;
+                    }
+                    sum += f16_at(blk, 0) * d[i] * si as f32 + f16_at(blk, 2) * s[i];
                 }
-                sum += f16_at(blk, 0) * d[b] * si as f32 + f16_at(blk, 2) * s[b];
-            }
-            sum
+                sum
+            })
         }
     }
 
@@ -333,28 +381,38 @@ mod kernels {
         sum
     }
 
+    /// One Q8_0 weight row against `T` activation rows (ggml's `vec_dot_q8_0_q8_0` per row).
     #[inline]
-    pub fn dot_q8_0(w: &[u8], d: &[f32], qs: &[i8]) -> f32 {
+    pub fn dot_q8_0<const T: usize>(
+        w: &[u8],
+        d: &[f32],
+        qs: &[i8],
+        nb: usize,
+        t0: usize,
+    ) -> [f32; T] {
+        assert!(qs.len() >= (t0 + T) * nb * QK && d.len() >= (t0 + T) * nb);
         #[cfg(all(
             target_arch = "x86_64",
             target_feature = "avx2",
             target_feature = "fma"
         ))]
-        // SAFETY: the target features are enabled at compile time; loads are unaligned.
+        // SAFETY: as in `dot_q4_1`.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); T];
             for (b, blk) in w.chunks_exact(34).enumerate() {
                 let dw = f16_at(blk, 0);
                 let wq = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-                let aq = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
-                // maddubs needs an unsigned operand: |w| times a with w's sign.
+                // The unsigned operand must be |w|, with w's sign moved onto the activations.
                 let aw = _mm256_sign_epi8(wq, wq);
-                let sa = _mm256_sign_epi8(aq, wq);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), _mm256_cvtepi32_ps(p), acc);
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let i = (t0 + j) * nb + b;
+                    let aq = _mm256_loadu_si256(qs.as_ptr().add(i * QK) as *const __m256i);
+                    let p = mul_sum_u8_i8(aw, _mm256_sign_epi8(aq, wq));
+                    let scale = _mm256_set1_ps(dw * *d.get_unchecked(i));
+                    *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
+                }
             }
-            hsum(acc)
+            std::array::from_fn(|j| hsum(acc[j]))
         }
         #[cfg(not(all(
             target_arch = "x86_64",
@@ -362,13 +420,16 @@ mod kernels {
             target_feature = "fma"
         )))]
         {
-            let mut sum = 0.0f32;
-            for (b, blk) in w.chunks_exact(34).enumerate() {
-                let a = &qs[b * QK..(b + 1) * QK];
-                let si: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * a[j] as i32).sum();
-                sum += f16_at(blk, 0) * d[b] * si as f32;
-            }
-            sum
+            std::array::from_fn(|j| {
+                let mut sum = 0.0f32;
+                for (b, blk) in w.chunks_exact(34).enumerate() {
+                    let i = (t0 + j) * nb + b;
+                    let a = &qs[i * QK..(i + 1) * QK];
+                    let si: i32 = (0..QK).map(|k| blk[2 + k] as i8 as i32 * a[k] as i32).sum();
+                    sum += f16_at(blk, 0) * d[i] * si as f32;
+                }
+                sum
+            })
         }
     }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let shift = 12_582_912.0f32; // 1.5 * 2^23: rounds z to an integer in the low mantissa bits
-    let z = x.mul_add(1.442_695_f32, shift);
+    let z = x.mul_add(std::f32::consts::LOG2_E, shift);
     let n = z - shift;
     let b = (-n).mul_add(1.428_606_8e-6, (-n).mul_add(0.693_145_75, x));
     let k = f32::from_bits((z.to_bits() << 23).wrapping_add(1.0f32.to_bits()));
