@@ -150,15 +150,24 @@ impl Bert {
             .emb_norm
             .forward(&x, self.train)?
             .reshape((b * len, h))?;
-        // Additive mask: 0 for tokens, a large negative number for padding.
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, len))?;
+        // Additive mask: 0 for tokens, a large negative number for padding; none is needed when
+        // no text of the batch is padded (the common case with length-sorted batches).
+        let padded = mask.min_all()?.to_scalar::<u32>()? == 0;
+        let bias = if padded {
+            Some(((mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, len))?)
+        } else {
+            None
+        };
         let scale = 1.0 / (dh as f64).sqrt();
         for layer in &self.layers {
             let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
             let q = heads((layer.query.forward(&x)? * scale)?)?;
             let k = heads(layer.key.forward(&x)?)?;
             let v = heads(layer.value.forward(&x)?)?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(bias) = &bias {
+                scores = scores.broadcast_add(bias)?;
+            }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
             let a = layer.attn_out.forward(&ctx)?;

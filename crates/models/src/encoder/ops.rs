@@ -39,15 +39,18 @@ pub fn fast_erf(x: f32) -> f32 {
 const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + fast_erf(x * SQRT_1_2))
 }
 
+#[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + fast_erf(x * SQRT_1_2)) + x * INV_SQRT_2PI * fast_exp(-0.5 * x * x)
 }
 
-fn map_f32(s: &CpuStorage, l: &Layout, f: fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
+/// Applies `f` element-wise; generic (not a fn pointer) so the loop inlines and vectorises.
+fn map_f32<F: Fn(f32) -> f32 + Sync>(s: &CpuStorage, l: &Layout, f: F) -> Result<(CpuStorage, Shape)> {
     let data = s.as_slice::<f32>()?;
     let data = match l.contiguous_offsets() {
         Some((a, b)) => &data[a..b],
