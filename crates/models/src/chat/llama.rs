@@ -5,7 +5,7 @@
 //! causal grouped-query attention -> output projection -> residual -> RMSNorm -> SwiGLU MLP ->
 //! residual. Tokens of a prompt go through as one batch so every weight is read once per batch.
 
-use super::parallel::{split, Shared, SpinBarrier};
+use super::parallel::{split, Exclusive, SharedBuf, SpinBarrier};
 use super::quant::{QMatrix, WType};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
@@ -364,16 +364,17 @@ impl Llama {
                 .dequantize_row(tok as usize, &mut x[t * d..(t + 1) * d]);
         }
         let rows = if all_logits { n } else { 1 };
+        let kv_dim = c.n_head_kv * c.head_dim;
         let bufs = Buffers {
-            x: Shared::new(x),
-            q: Shared::new(vec![0.0; n * d]),
-            k: Shared::new(vec![0.0; n * c.n_head_kv * c.head_dim]),
-            v: Shared::new(vec![0.0; n * c.n_head_kv * c.head_dim]),
-            att: Shared::new(vec![0.0; n * d]),
-            g: Shared::new(vec![0.0; n * c.n_ff]),
-            u: Shared::new(vec![0.0; n * c.n_ff]),
-            logits: Shared::new(vec![0.0; rows * c.n_vocab]),
-            cache: Shared::new(cache),
+            x: SharedBuf::new(x),
+            q: SharedBuf::new(vec![0.0; n * d]),
+            k: SharedBuf::new(vec![0.0; n * kv_dim]),
+            v: SharedBuf::new(vec![0.0; n * kv_dim]),
+            att: SharedBuf::new(vec![0.0; n * d]),
+            g: SharedBuf::new(vec![0.0; n * c.n_ff]),
+            u: SharedBuf::new(vec![0.0; n * c.n_ff]),
+            logits: SharedBuf::new(vec![0.0; rows * c.n_vocab]),
+            cache: Exclusive::new(cache),
         };
         let nth = rayon::current_num_threads().max(1);
         let barrier = SpinBarrier::new(nth);
@@ -401,33 +402,28 @@ impl Llama {
         let (n, d, hd) = (s.tokens.len(), c.n_embd, c.head_dim);
         let kv_dim = c.n_head_kv * hd;
         let mut h = vec![0.0f32; n * d];
-        // SAFETY (all `get` calls below): each thread writes only rows in its `split` share,
-        // or only thread 0 writes; reads of another thread's writes come after a barrier.
+        // SAFETY (every `unsafe` below): between two barriers each buffer is either only read,
+        // or written by one thread (thread 0), or written in disjoint parts: rows of a product
+        // from `split`, attention units from `split`.
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block. Every thread normalises and quantises the input itself: cheaper
             // than another barrier.
-            rms_norm(unsafe { b.x.get() }, &layer.attn_norm, c.rms_eps, &mut h);
+            rms_norm(unsafe { b.x.read() }, &layer.attn_norm, c.rms_eps, &mut h);
             let acts = layer.wq.quantize_acts(&h, n);
-            layer
-                .wq
-                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.q.get() }, false);
-            layer.wk.matmul_rows(
-                &acts,
-                n,
-                split(kv_dim, tid, nth),
-                unsafe { b.k.get() },
-                false,
-            );
-            layer.wv.matmul_rows(
-                &acts,
-                n,
-                split(kv_dim, tid, nth),
-                unsafe { b.v.get() },
-                false,
-            );
+            unsafe {
+                layer
+                    .wq
+                    .matmul_rows(&acts, n, split(d, tid, nth), b.q.ptr(), false);
+                layer
+                    .wk
+                    .matmul_rows(&acts, n, split(kv_dim, tid, nth), b.k.ptr(), false);
+                layer
+                    .wv
+                    .matmul_rows(&acts, n, split(kv_dim, tid, nth), b.v.ptr(), false);
+            }
             barrier.wait();
             if tid == 0 {
-                let (q, k, v) = unsafe { (b.q.get(), b.k.get(), b.v.get()) };
+                let (q, k, v) = unsafe { (b.q.exclusive(), b.k.exclusive(), b.v.read()) };
                 for t in 0..n {
                     let p = (s.pos0 + t) * hd / 2;
                     let (cs, sn) = (&s.cos[p..p + hd / 2], &s.sin[p..p + hd / 2]);
@@ -438,61 +434,76 @@ impl Llama {
                         rope_pairs(head, cs, sn);
                     }
                 }
-                let cache = unsafe { b.cache.get() };
+                let cache = unsafe { b.cache.get_mut() };
                 cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f)));
                 cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f)));
             }
             barrier.wait();
             {
-                let cache = unsafe { b.cache.get() };
-                let (q, att) = unsafe { (b.q.get(), b.att.get()) };
+                let (cache, q) = unsafe { (b.cache.get(), b.q.read()) };
                 for unit in split(n * c.n_head, tid, nth) {
-                    let out = &mut att[unit * hd..(unit + 1) * hd];
+                    let out = unsafe { b.att.part(unit * hd, hd) };
                     attend(c, q, &cache.k[li], &cache.v[li], s.pos0, unit, out);
                 }
             }
             barrier.wait();
-            let acts = layer.wo.quantize_acts(unsafe { b.att.get() }, n);
+            let acts = layer.wo.quantize_acts(unsafe { b.att.read() }, n);
             // Residual fused: x += att · Woᵀ, each thread on its rows.
-            layer
-                .wo
-                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.x.get() }, true);
+            unsafe {
+                layer
+                    .wo
+                    .matmul_rows(&acts, n, split(d, tid, nth), b.x.ptr(), true)
+            };
             barrier.wait();
 
             // Feed-forward block (SwiGLU): gate and up split the same way, so each thread can
             // apply SiLU(g)·u to its own rows without waiting.
-            rms_norm(unsafe { b.x.get() }, &layer.ffn_norm, c.rms_eps, &mut h);
+            rms_norm(unsafe { b.x.read() }, &layer.ffn_norm, c.rms_eps, &mut h);
             let acts = layer.w_gate.quantize_acts(&h, n);
             let mine = split(c.n_ff, tid, nth);
-            let (g, u) = unsafe { (b.g.get(), b.u.get()) };
-            layer.w_gate.matmul_rows(&acts, n, mine.clone(), g, false);
-            layer.w_up.matmul_rows(&acts, n, mine.clone(), u, false);
+            unsafe {
+                layer
+                    .w_gate
+                    .matmul_rows(&acts, n, mine.clone(), b.g.ptr(), false);
+                layer
+                    .w_up
+                    .matmul_rows(&acts, n, mine.clone(), b.u.ptr(), false);
+            }
             for t in 0..n {
-                for r in mine.clone() {
-                    let i = t * c.n_ff + r;
-                    g[i] = ggml::silu(g[i]) * u[i];
+                let (g, u) = unsafe {
+                    (
+                        b.g.part(t * c.n_ff + mine.start, mine.len()),
+                        b.u.part(t * c.n_ff + mine.start, mine.len()),
+                    )
+                };
+                for (gv, uv) in g.iter_mut().zip(u.iter()) {
+                    *gv = ggml::silu(*gv) * uv;
                 }
             }
             barrier.wait();
-            let acts = layer.w_down.quantize_acts(unsafe { b.g.get() }, n);
-            layer
-                .w_down
-                .matmul_rows(&acts, n, split(d, tid, nth), unsafe { b.x.get() }, true);
+            let acts = layer.w_down.quantize_acts(unsafe { b.g.read() }, n);
+            unsafe {
+                layer
+                    .w_down
+                    .matmul_rows(&acts, n, split(d, tid, nth), b.x.ptr(), true)
+            };
             barrier.wait();
         }
-        let x = unsafe { b.x.get() };
+        let x = unsafe { b.x.read() };
         let last = &x[(n - s.rows) * d..];
         let mut hn = vec![0.0f32; s.rows * d];
         rms_norm(last, &self.out_norm, c.rms_eps, &mut hn);
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let acts = head.quantize_acts(&hn, s.rows);
-        head.matmul_rows(
-            &acts,
-            s.rows,
-            split(c.n_vocab, tid, nth),
-            unsafe { b.logits.get() },
-            false,
-        );
+        unsafe {
+            head.matmul_rows(
+                &acts,
+                s.rows,
+                split(c.n_vocab, tid, nth),
+                b.logits.ptr(),
+                false,
+            )
+        };
     }
 }
 
@@ -508,15 +519,15 @@ struct Step<'a> {
 
 /// The activations the threads of a forward pass share.
 struct Buffers<'a> {
-    x: Shared<Vec<f32>>,
-    q: Shared<Vec<f32>>,
-    k: Shared<Vec<f32>>,
-    v: Shared<Vec<f32>>,
-    att: Shared<Vec<f32>>,
-    g: Shared<Vec<f32>>,
-    u: Shared<Vec<f32>>,
-    logits: Shared<Vec<f32>>,
-    cache: Shared<&'a mut KvCache>,
+    x: SharedBuf,
+    q: SharedBuf,
+    k: SharedBuf,
+    v: SharedBuf,
+    att: SharedBuf,
+    g: SharedBuf,
+    u: SharedBuf,
+    logits: SharedBuf,
+    cache: Exclusive<&'a mut KvCache>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -48,24 +48,77 @@ impl SpinBarrier {
     }
 }
 
-/// A buffer that several threads write at once, each to its own part. Soundness rests on the
-/// caller: writes to a region happen only between barriers where no other thread touches it.
-pub struct Shared<T>(UnsafeCell<T>);
+/// An f32 buffer that several threads use at once. Soundness rests on the caller and the
+/// barrier protocol: between two barriers, a region is either read by any threads or written
+/// by exactly one, never both; writes go through raw pointers so no two threads hold `&mut`.
+pub struct SharedBuf {
+    /// Owns the memory; never touched while threads run (all access goes through `ptr`).
+    data: Vec<f32>,
+    ptr: *mut f32,
+}
 
-// SAFETY: access is coordinated by the barrier protocol documented on `Shared`.
-unsafe impl<T: Send> Sync for Shared<T> {}
+// SAFETY: access is coordinated by the barrier protocol documented on `SharedBuf`.
+unsafe impl Sync for SharedBuf {}
 
-impl<T> Shared<T> {
-    pub fn new(v: T) -> Shared<T> {
-        Shared(UnsafeCell::new(v))
+impl SharedBuf {
+    pub fn new(mut data: Vec<f32>) -> SharedBuf {
+        let ptr = data.as_mut_ptr();
+        SharedBuf { data, ptr }
     }
 
     /// # Safety
-    /// No other thread may write the parts of the value read through this reference, and no
-    /// other thread may access the parts written, until the next barrier.
+    /// No thread may write the buffer until the returned slice is dropped.
+    pub unsafe fn read(&self) -> &[f32] {
+        std::slice::from_raw_parts(self.ptr, self.data.len())
+    }
+
+    /// # Safety
+    /// No other thread may access the buffer until the returned slice is dropped.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get(&self) -> &mut T {
+    pub unsafe fn exclusive(&self) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.ptr, self.data.len())
+    }
+
+    /// Base pointer for writes to disjoint parts.
+    pub fn ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    /// # Safety
+    /// No other thread accesses `start..start + len` until the returned slice is dropped.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.data.len());
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    pub fn into_inner(self) -> Vec<f32> {
+        self.data
+    }
+}
+
+/// One value that a single thread mutates while the others wait at a barrier (the KV cache).
+pub struct Exclusive<T>(UnsafeCell<T>);
+
+// SAFETY: the barrier protocol gives one thread access at a time, or shared reads.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
+
+impl<T> Exclusive<T> {
+    pub fn new(v: T) -> Exclusive<T> {
+        Exclusive(UnsafeCell::new(v))
+    }
+
+    /// # Safety
+    /// No other thread may access the value until the reference is dropped.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get_mut(&self) -> &mut T {
         &mut *self.0.get()
+    }
+
+    /// # Safety
+    /// No thread may mutate the value until the reference is dropped.
+    pub unsafe fn get(&self) -> &T {
+        &*self.0.get()
     }
 
     pub fn into_inner(self) -> T {

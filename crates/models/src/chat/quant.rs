@@ -239,23 +239,28 @@ impl QMatrix {
     /// `out[t][r] = sum_k x[t][k] * W[r][k]` for `n` input rows: out is `n` x `rows`.
     pub fn matmul(&self, acts: &QActs, n: usize, out: &mut [f32]) {
         assert_eq!(out.len(), n * self.rows);
-        self.matmul_rows(acts, n, 0..self.rows, out, false);
+        // SAFETY: `out` holds `n * rows` values and is borrowed mutably here.
+        unsafe { self.matmul_rows(acts, n, 0..self.rows, out.as_mut_ptr(), false) };
     }
 
-    /// The weight rows `rows` of the product only (one thread's share); with `accumulate`,
-    /// adds to `out` instead of overwriting it (a fused residual connection). Each weight row
-    /// is read once for all `n` input rows.
-    pub fn matmul_rows(
+    /// The weight rows `rows` of the product only (one thread's share), written to
+    /// `out[t * self.rows + r]`; with `accumulate`, added to it instead (a fused residual
+    /// connection). Each weight row is read once for all `n` input rows.
+    ///
+    /// # Safety
+    /// `out` points to `n * self.rows` values, and no other thread accesses the entries of
+    /// these rows while this runs.
+    pub unsafe fn matmul_rows(
         &self,
         acts: &QActs,
         n: usize,
         rows: std::ops::Range<usize>,
-        out: &mut [f32],
+        out: *mut f32,
         accumulate: bool,
     ) {
-        debug_assert!(out.len() >= n * self.rows && rows.end <= self.rows);
-        let mut put = |t: usize, r: usize, v: f32| {
-            let o = &mut out[t * self.rows + r];
+        assert!(rows.end <= self.rows);
+        let put = |t: usize, r: usize, v: f32| {
+            let o = out.add(t * self.rows + r);
             *o = if accumulate { *o + v } else { v };
         };
         // Four activation rows at a time share each unpacked weight block.

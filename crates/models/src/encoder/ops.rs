@@ -50,7 +50,11 @@ fn gelu_grad(x: f32) -> f32 {
 }
 
 /// Applies `f` element-wise; generic (not a fn pointer) so the loop inlines and vectorises.
-fn map_f32<F: Fn(f32) -> f32 + Sync>(s: &CpuStorage, l: &Layout, f: F) -> Result<(CpuStorage, Shape)> {
+fn map_f32<F: Fn(f32) -> f32 + Sync>(
+    s: &CpuStorage,
+    l: &Layout,
+    f: F,
+) -> Result<(CpuStorage, Shape)> {
     let data = s.as_slice::<f32>()?;
     let data = match l.contiguous_offsets() {
         Some((a, b)) => &data[a..b],
