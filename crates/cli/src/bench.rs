@@ -76,7 +76,7 @@ fn print(json: bool, v: serde_json::Value) {
 
 fn embed(a: EmbedBench, ctx: &Ctx) -> Result<()> {
     let texts = lines_of(&a.input)?;
-    let mut enc = load_encoder(&a.model)?;
+    let mut enc = load_encoder(&a.model, ctx.quiet)?;
     enc.set_max_len(a.max_len as usize)
         .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -111,7 +111,7 @@ fn embed(a: EmbedBench, ctx: &Ctx) -> Result<()> {
 }
 
 fn generate(a: GenerateBench, ctx: &Ctx) -> Result<()> {
-    let model = load_chat(&a.model)?;
+    let model = load_chat(&a.model, ctx.quiet)?;
     // The anchor's prompt: ChatML, one user turn, no system turn.
     let text = format!(
         "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",

@@ -24,7 +24,7 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs, ctx: &Ctx) -> Result<()> {
-    let model = load_chat(&a.model)?;
+    let model = load_chat(&a.model, ctx.quiet)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive && !ctx.quiet {
         eprintln!(

@@ -26,7 +26,7 @@ pub struct EmbedArgs {
 
 pub fn run(a: EmbedArgs, ctx: &Ctx) -> Result<()> {
     let texts = texts_from(a.texts)?;
-    let mut enc = load_encoder(&a.model)?;
+    let mut enc = load_encoder(&a.model, ctx.quiet)?;
     if let Some(m) = a.max_len {
         enc.set_max_len(m as usize)
             .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;

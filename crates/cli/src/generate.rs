@@ -35,7 +35,7 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> Result<()> {
     if a.prompt.is_empty() {
         anyhow::bail!("--prompt is empty; give the text to respond to");
     }
-    let model = load_chat(&a.model)?;
+    let model = load_chat(&a.model, ctx.quiet)?;
     let text = if a.raw {
         a.prompt.clone()
     } else {

@@ -59,9 +59,14 @@ pub fn lines_of(path: &std::path::Path) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// The asset store, with first-use notices unless `quiet`.
+pub fn store(quiet: bool) -> Store {
+    Store::from_env().with_notices(!quiet)
+}
+
 /// Loads an encoder from an asset name or a folder.
-pub fn load_encoder(spec: &str) -> Result<Encoder> {
-    match resolve_model(spec, &Store::from_env())? {
+pub fn load_encoder(spec: &str, quiet: bool) -> Result<Encoder> {
+    match resolve_model(spec, &store(quiet))? {
         ModelPath::HfDir(dir) => Ok(Encoder::load(&dir)?),
         ModelPath::Gguf(p) => bail!(
             "--model {}: a GGUF file is a chat model; `embed` needs an encoder folder (config.json + *.safetensors + tokenizer.json) or an encoder asset such as minilm",
@@ -71,8 +76,8 @@ pub fn load_encoder(spec: &str) -> Result<Encoder> {
 }
 
 /// Loads a chat model from an asset name or a .gguf file.
-pub fn load_chat(spec: &str) -> Result<ChatModel> {
-    match resolve_model(spec, &Store::from_env())? {
+pub fn load_chat(spec: &str, quiet: bool) -> Result<ChatModel> {
+    match resolve_model(spec, &store(quiet))? {
         ModelPath::Gguf(p) => Ok(ChatModel::load(&p)?),
         ModelPath::HfDir(dir) => bail!(
             "--model {}: a folder is an encoder; this command needs a GGUF chat model (a .gguf file, or an asset such as smollm2)",

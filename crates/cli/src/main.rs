@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// frugal — cheap language-model work, measured.
 #[derive(Parser)]
-#[command(name = "frugal", version, about, propagate_version = true)]
+#[command(name = "frugal", version, propagate_version = true)]
 struct Cli {
     /// CPU threads for model work (default: all cores).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]

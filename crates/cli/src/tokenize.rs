@@ -1,10 +1,10 @@
 //! `frugal tokenize`: token ids and pieces of a text, for encoders and chat models alike.
 
+use crate::io::store;
 use crate::io::texts_from;
 use crate::Ctx;
 use anyhow::Result;
 use clap::Args;
-use frugal_models::assets::Store;
 use frugal_models::chat::ChatModel;
 use frugal_models::encoder::Encoder;
 use frugal_models::resolve::{resolve_model, ModelPath};
@@ -21,9 +21,9 @@ pub struct TokenizeArgs {
     json: bool,
 }
 
-pub fn run(a: TokenizeArgs, _ctx: &Ctx) -> Result<()> {
+pub fn run(a: TokenizeArgs, ctx: &Ctx) -> Result<()> {
     let texts = texts_from(a.texts)?;
-    let model = match resolve_model(&a.model, &Store::from_env())? {
+    let model = match resolve_model(&a.model, &store(ctx.quiet))? {
         ModelPath::Gguf(p) => Loaded::Chat(Box::new(ChatModel::load(&p)?)),
         ModelPath::HfDir(d) => Loaded::Encoder(Box::new(Encoder::load(&d)?)),
     };

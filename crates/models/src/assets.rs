@@ -180,6 +180,8 @@ impl Status {
 pub struct Store {
     root: PathBuf,
     manifest: Manifest,
+    /// Print a line on stderr when an asset is fetched on first use.
+    notices: bool,
 }
 
 /// `$FRUGAL_HOME`, or `~/.cache/frugal`.
@@ -204,7 +206,14 @@ impl Store {
         Store {
             root: root.into(),
             manifest,
+            notices: true,
         }
+    }
+
+    /// Turns the first-use notices on stderr on or off (`--quiet`).
+    pub fn with_notices(mut self, on: bool) -> Store {
+        self.notices = on;
+        self
     }
 
     /// The manifest this store serves.
@@ -278,6 +287,7 @@ impl Store {
         let spec = self.manifest.get(name)?;
         match self.status(spec) {
             Status::Ready { .. } => return Ok(self.path(spec)),
+            _ if !self.notices => {}
             Status::Missing => eprintln!(
                 "frugal: asset '{name}' is not cached yet; fetching {} from {} (once)",
                 spec.requirement(),
