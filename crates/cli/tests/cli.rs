@@ -271,4 +271,44 @@ fn bad_input_gets_clear_errors() {
             .unwrap(),
         &["GGUF"],
     );
+
+    // A copy of the real encoder folder without tokenizer.json, then with truncated weights.
+    let real = frugal_models::assets::Store::from_env()
+        .ensure("minilm")
+        .unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+    ] {
+        std::fs::copy(real.join(f), copy.path().join(f)).unwrap();
+    }
+    let model = copy.path().to_str().unwrap();
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", model, "x"])
+            .output()
+            .unwrap(),
+        &["tokenizer.json", "missing"],
+    );
+    std::fs::copy(
+        real.join("tokenizer.json"),
+        copy.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let weights = std::fs::read(real.join("model.safetensors")).unwrap();
+    std::fs::write(
+        copy.path().join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    fails_with(
+        &frugal()
+            .args(["embed", "--model", model, "x"])
+            .output()
+            .unwrap(),
+        &["model.safetensors", "truncated"],
+    );
 }

@@ -2,8 +2,9 @@
 //!
 //! Written here rather than taken from candle-transformers because candle's BERT cannot be
 //! trained (its fused LayerNorm has no backward pass, its dropout is a no-op) and spends a third
-//! of inference outside matrix products (generic softmax, slow erf-GELU). `train` switches the
-//! LayerNorm to plain tensor ops that autograd can follow.
+//! of inference outside matrix products (generic softmax, slow erf-GELU). `train` switches
+//! LayerNorm and softmax to plain tensor ops that autograd can follow (candle's fused ones
+//! have no backward pass).
 
 use super::ops::gelu_erf;
 use candle_core::{DType, Module, Tensor, D};
@@ -49,8 +50,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
-        // Some checkpoints name the parameters gamma/beta.
-        let weight = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
+        // Some checkpoints name the parameters gamma/beta. Fresh variables start at 1 and 0.
+        let one = candle_nn::Init::Const(1.0);
+        let weight = vb
+            .get_with_hints(size, "weight", one)
+            .or_else(|_| vb.get_with_hints(size, "gamma", one))?;
         let bias = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
         Ok(LayerNorm { weight, bias, eps })
     }
@@ -168,7 +172,13 @@ impl Bert {
             if let Some(bias) = &bias {
                 scores = scores.broadcast_add(bias)?;
             }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // candle's fused softmax has no backward pass (the graph would be cut before Q and
+            // K); training takes the generic one.
+            let probs = if self.train {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
             let a = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.forward(&(a + &x)?, self.train)?;
@@ -177,5 +187,72 @@ impl Bert {
             x = layer.out_norm.forward(&(o + &x)?, self.train)?;
         }
         x.reshape((b, len, h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn tiny() -> (VarMap, Bert) {
+        let config: BertConfig = serde_json::from_str(
+            r#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 32, "max_position_embeddings": 20}"#,
+        )
+        .unwrap();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let bert = Bert::load(vb, &config).unwrap();
+        (varmap, bert)
+    }
+
+    #[test]
+    fn training_path_matches_inference_and_every_variable_gets_a_gradient() {
+        let (varmap, mut bert) = tiny();
+        let dev = Device::Cpu;
+        let ids = Tensor::new(&[[1u32, 5, 7, 2, 0], [1, 9, 2, 0, 0]], &dev).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 0], [1, 1, 1, 0, 0]], &dev).unwrap();
+        let fused = bert.forward(&ids, &mask).unwrap();
+        bert.train = true;
+        let plain = bert.forward(&ids, &mask).unwrap();
+        let diff = (&fused - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff < 1e-4,
+            "fused and differentiable LayerNorm differ by {diff}"
+        );
+        let loss = plain.sqr().unwrap().mean_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        assert_eq!(
+            vars.len(),
+            5 + 2 * 16,
+            "embeddings and LayerNorm, 16 tensors a layer"
+        );
+        for (name, v) in vars.iter() {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // The key bias cannot matter: it adds the same q·b to every score of a row.
+            assert!(
+                norm > 0.0 || name.ends_with("self.key.bias"),
+                "zero gradient for {name}"
+            );
+        }
     }
 }
