@@ -24,6 +24,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Runs frugal, asserts success, parses stdout as one JSON value.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = frugal().args(args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[test]
 fn embed_json_gives_one_normalised_vector_per_stdin_line() {
     let o = run_with_stdin(
@@ -51,21 +58,16 @@ fn embed_json_gives_one_normalised_vector_per_stdin_line() {
 
 #[test]
 fn generate_json_reports_counts_and_speeds() {
-    let o = frugal()
-        .args([
-            "generate",
-            "--model",
-            "smollm2",
-            "--prompt",
-            "Write a haiku about saving money.",
-            "--max-tokens",
-            "8",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = run_json(&[
+        "generate",
+        "--model",
+        "smollm2",
+        "--prompt",
+        "Write a haiku about saving money.",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
     assert!(!v["text"].as_str().unwrap().is_empty());
     assert_eq!(v["completion_tokens"], 8);
     assert_eq!(v["finish_reason"], "length");
@@ -148,37 +150,28 @@ fn bench_embed_and_generate_print_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("texts.txt");
     std::fs::write(&input, "one text\nanother, longer text about cost\nthird\n").unwrap();
-    let o = frugal()
-        .args([
-            "bench",
-            "embed",
-            "--input",
-            input.to_str().unwrap(),
-            "--repeats",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = input.to_str().unwrap();
+    let v = run_json(&[
+        "bench",
+        "embed",
+        "--input",
+        path,
+        "--repeats",
+        "1",
+        "--json",
+    ]);
     for k in ["sentences_per_s", "tokens_per_s", "peak_rss_mb", "threads"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
-    let o = frugal()
-        .args([
-            "bench",
-            "generate",
-            "--max-tokens",
-            "8",
-            "--repeats",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = run_json(&[
+        "bench",
+        "generate",
+        "--max-tokens",
+        "8",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
     for k in ["prompt_tokens_per_s", "tokens_per_s", "peak_rss_mb"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
