@@ -55,8 +55,10 @@ pub struct Llama {
 
 /// Per-sequence attention state: keys and values of every position seen so far, in fp16.
 pub struct KvCache {
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    /// Per layer, position-major keys and values: fp16 values (llama.cpp's cache type) held
+    /// as f32, trading twice the memory for no conversion in the attention loop.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     /// The tokens whose keys and values are held, in order.
     tokens: Vec<u32>,
     kv_dim: usize,
@@ -374,6 +376,7 @@ impl Llama {
             g: SharedBuf::new(vec![0.0; n * c.n_ff]),
             u: SharedBuf::new(vec![0.0; n * c.n_ff]),
             logits: SharedBuf::new(vec![0.0; rows * c.n_vocab]),
+
             cache: Exclusive::new(cache),
         };
         let nth = rayon::current_num_threads().max(1);
@@ -435,8 +438,8 @@ impl Llama {
                     }
                 }
                 let cache = unsafe { b.cache.get_mut() };
-                cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f)));
-                cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f)));
+                cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f).to_f32()));
+                cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f).to_f32()));
             }
             barrier.wait();
             {
@@ -558,8 +561,8 @@ fn rope_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 fn attend(
     c: &LlamaConfig,
     q: &[f32],
-    kc: &[f16],
-    vc: &[f16],
+    kc: &[f32],
+    vc: &[f32],
     pos0: usize,
     unit: usize,
     o: &mut [f32],
@@ -568,21 +571,14 @@ fn attend(
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let (t, h) = (unit / c.n_head, unit % c.n_head);
-    let kvh = h / group;
+    let head = |p: usize| (p * kv_dim + (h / group) * hd)..(p * kv_dim + (h / group + 1) * hd);
     let qh: Vec<f32> = q[t * d + h * hd..t * d + (h + 1) * hd]
         .iter()
         .map(|&v| f16::from_f32(v).to_f32())
         .collect();
     let n_keys = pos0 + t + 1;
-    let mut kv = vec![0f32; hd];
     let mut scores: Vec<f32> = (0..n_keys)
-        .map(|p| {
-            let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            for (d, k) in kv.iter_mut().zip(kr) {
-                *d = k.to_f32();
-            }
-            ggml::dot16(&kv, &qh) * scale
-        })
+        .map(|p| ggml::dot16(&kc[head(p)], &qh) * scale)
         .collect();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut sum = 0.0f64;
@@ -595,22 +591,19 @@ fn attend(
         sum += ggml::reduce16(&lanes) as f64;
     }
     let inv = (1.0 / sum) as f32;
-    // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16, 16 positions
-    // per vector lane, one fused multiply-add chain per lane.
-    let probs: Vec<f32> = scores
-        .iter()
-        .map(|&s| f16::from_f32(s * inv).to_f32())
-        .collect();
-    let mut acc = vec![[0f32; 16]; hd];
-    for p in 0..n_keys {
-        let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-        let lane = p % 16;
-        for (a, vv) in acc.iter_mut().zip(vr) {
-            a[lane] = vv.to_f32().mul_add(probs[p], a[lane]);
+    // llama.cpp multiplies the fp16 V cache by probabilities rounded to fp16 with 16 positions
+    // in the lanes of a vector, one fused multiply-add chain per lane: position p goes to lane
+    // p % 16. Here the lanes are rows of `acc`, so each update runs along the head dimension.
+    let mut acc = vec![0f32; 16 * hd];
+    for (p, &s) in scores.iter().enumerate() {
+        let w = f16::from_f32(s * inv).to_f32();
+        let lane = &mut acc[(p % 16) * hd..(p % 16 + 1) * hd];
+        for (a, v) in lane.iter_mut().zip(&vc[head(p)]) {
+            *a = v.mul_add(w, *a);
         }
     }
-    for (ov, a) in o.iter_mut().zip(&acc) {
-        *ov = ggml::reduce16(a);
+    for (dim, ov) in o.iter_mut().enumerate() {
+        *ov = ggml::reduce16(&std::array::from_fn(|l| acc[l * hd + dim]));
     }
 }
 
@@ -645,8 +638,9 @@ mod ggml {
                 f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
             )
             .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-        // _mm512_scalef_ps: j * 2^n, rounded once.
-        (j as f64 * (n as f64).exp2()) as f32
+        // _mm512_scalef_ps: j * 2^n, rounded once (2^n built from its exponent bits).
+        let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+        (j as f64 * two_n) as f32
     }
 
     /// `ggml_v_silu`: x / (1 + e^-x).
