@@ -1,9 +1,11 @@
-//! The llama-family transformer (SmolLM2, TinyLlama, Llama 2/3 layouts) read from a GGUF file,
-//! executed on our quantised kernels with an fp16 KV cache, as llama.cpp does.
+//! The llama-family transformer (GGUF architecture `llama`: SmolLM2 and its kin) read from a
+//! GGUF file, executed on our quantised kernels with fp16-valued keys and values, as llama.cpp
+//! does.
 //!
 //! Forward pass, per layer: RMSNorm -> Q/K/V -> RoPE (adjacent pairs, GGUF's layout) ->
 //! causal grouped-query attention -> output projection -> residual -> RMSNorm -> SwiGLU MLP ->
-//! residual. Tokens of a prompt go through as one batch so every weight is read once per batch.
+//! residual. Tokens of a prompt go through as one batch so every weight is read once per batch,
+//! on a team of as many threads as rayon's global pool has (`--threads`).
 
 use super::parallel::{split, Exclusive, SharedBuf, SpinBarrier};
 use super::quant::{QMatrix, WType};
