@@ -46,18 +46,23 @@ pub fn run(a: ChatArgs, ctx: &Ctx) -> Result<()> {
     };
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
+    let mut line_no = 0;
     loop {
         if interactive {
             eprint!("> ");
             let _ = std::io::stderr().flush();
         }
         let mut line = String::new();
+        line_no += 1;
         match stdin.lock().read_line(&mut line) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData && interactive => {
                 eprintln!("frugal: that line is not valid UTF-8; type it again");
                 continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                anyhow::bail!("stdin line {line_no} is not valid UTF-8; convert the input first, e.g. `iconv -t utf-8`")
             }
             Err(e) => return Err(e.into()),
         }
@@ -80,11 +85,12 @@ pub fn run(a: ChatArgs, ctx: &Ctx) -> Result<()> {
             true
         }) {
             Ok(g) => g,
-            Err(e) => {
+            Err(e) if interactive => {
                 history.pop();
                 eprintln!("frugal: {e}; /reset to start a new conversation");
                 continue;
             }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("stdin line {line_no}"))),
         };
         writeln!(out)?;
         history.push(Message::new("assistant", g.text.clone()));

@@ -55,13 +55,23 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> Result<()> {
     let mut cache = model.new_cache();
     let mut out = std::io::stdout().lock();
     let stream = !a.json;
+    let mut write_error = None;
     let g = model.generate(&ids, &opts, &mut cache, &mut |piece| {
-        if stream {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
+        if !stream {
+            return true;
         }
-        true
+        // Stop generating as soon as nobody reads the output.
+        match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
     })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     if a.json {
         let v = serde_json::json!({
             "text": g.text,

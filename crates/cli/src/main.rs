@@ -143,6 +143,14 @@ fn main() {
         Command::Bench(c) => bench::run(c, &ctx),
     };
     if let Err(e) = result {
+        // A reader that went away (`frugal generate … | head`) is not an error of ours.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
         eprintln!("frugal: error: {e:#}");
         std::process::exit(1);
     }

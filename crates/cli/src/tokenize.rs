@@ -25,7 +25,14 @@ pub fn run(a: TokenizeArgs, ctx: &Ctx) -> Result<()> {
     let texts = texts_from(a.texts)?;
     let model = match resolve_model(&a.model, &store(ctx.quiet))? {
         ModelPath::Gguf(p) => Loaded::Chat(Box::new(ChatModel::load(&p)?)),
-        ModelPath::HfDir(d) => Loaded::Encoder(Box::new(Encoder::load(&d)?)),
+        ModelPath::HfDir(d) => {
+            let mut e = Encoder::load(&d)?;
+            // The whole text: `embed` truncates, but here the full count is the point.
+            e.tokenizer
+                .with_truncation(None)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Loaded::Encoder(Box::new(e))
+        }
     };
     for t in &texts {
         let (ids, toks) = model.tokenize(t)?;

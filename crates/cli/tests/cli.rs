@@ -219,6 +219,10 @@ fn bad_input_gets_clear_errors() {
     // Empty and non-UTF-8 stdin.
     fails_with(&run_with_stdin(&["embed"], b""), &["no input"]);
     fails_with(
+        &run_with_stdin(&["chat"], b"hello\n\xff\xfe\n"),
+        &["UTF-8", "line 2"],
+    );
+    fails_with(
         &run_with_stdin(&["embed"], b"ok\n\xff\xfe bad\n"),
         &["UTF-8", "line 2"],
     );
@@ -304,4 +308,39 @@ fn bad_input_gets_clear_errors() {
             .unwrap(),
         &["model.safetensors", "truncated"],
     );
+}
+
+#[test]
+fn tokenize_counts_the_whole_text_even_past_the_encoders_max_length() {
+    let long = "word ".repeat(1000);
+    let v = run_json(&["tokenize", "--model", "minilm", "--json", &long]);
+    assert_eq!(v["count"], 1002, "1000 words plus [CLS] and [SEP]");
+}
+
+#[test]
+fn a_closed_pipe_ends_generation_quietly() {
+    use std::io::Read;
+    let mut child = frugal()
+        .args([
+            "generate",
+            "--prompt",
+            "Write a long story.",
+            "--max-tokens",
+            "400",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("error"), "{}", stderr(&o));
 }

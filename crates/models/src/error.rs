@@ -34,7 +34,7 @@ pub enum Error {
     File { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
-    #[error("model error: {0}")]
+    #[error("model error: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
@@ -69,4 +69,10 @@ impl Error {
 /// Wraps a tokenizers error into ours.
 pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
+}
+
+/// The first line of an error's message: candle appends a backtrace when RUST_BACKTRACE is set,
+/// which does not belong in a message for users.
+pub(crate) fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

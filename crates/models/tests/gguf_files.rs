@@ -27,6 +27,8 @@ fn byte_chars() -> Vec<String> {
 struct Spec {
     arch: &'static str,
     wtype: GgmlDType,
+    /// Layer tensors (e.g. "attn_q") written in another type than `wtype`.
+    overrides: Vec<(&'static str, GgmlDType)>,
 }
 
 fn write_tiny(path: &Path, spec: Spec) {
@@ -109,10 +111,12 @@ fn write_tiny(path: &Path, spec: Spec) {
             ("ffn_up", n_ff, n_embd),
             ("ffn_down", n_embd, n_ff),
         ] {
-            tensors.push((
-                format!("blk.{i}.{name}.weight"),
-                q(randn(rows, cols), spec.wtype),
-            ));
+            let ty = spec
+                .overrides
+                .iter()
+                .find(|o| o.0 == name)
+                .map_or(spec.wtype, |o| o.1);
+            tensors.push((format!("blk.{i}.{name}.weight"), q(randn(rows, cols), ty)));
         }
     }
     let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -129,7 +133,14 @@ fn tiny(
     wtype: GgmlDType,
 ) -> std::path::PathBuf {
     let path = dir.path().join(name);
-    write_tiny(&path, Spec { arch, wtype });
+    write_tiny(
+        &path,
+        Spec {
+            arch,
+            wtype,
+            overrides: vec![],
+        },
+    );
     path
 }
 
@@ -189,6 +200,35 @@ fn q8_0_and_f16_weights_run_too() {
             .generate(&[3, 4, 5], &greedy(4), &mut m.new_cache(), &mut |_| true)
             .unwrap();
         assert!(g.completion_tokens >= 1, "{ty:?}");
+    }
+}
+
+#[test]
+fn weight_types_may_differ_between_q_k_v_and_gate_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for (base, other) in [
+        (GgmlDType::Q8_0, GgmlDType::F32),
+        (GgmlDType::F32, GgmlDType::Q4_1),
+    ] {
+        let path = dir.path().join("mixed.gguf");
+        let overrides = vec![("attn_q", other), ("attn_v", other), ("ffn_up", other)];
+        write_tiny(
+            &path,
+            Spec {
+                arch: "llama",
+                wtype: base,
+                overrides,
+            },
+        );
+        let m = ChatModel::load(&path).unwrap();
+        // Used to read past the activations quantised for Q when K needed another encoding.
+        let g = m.generate(
+            &[3, 4, 5, 6, 7],
+            &greedy(4),
+            &mut m.new_cache(),
+            &mut |_| true,
+        );
+        assert_eq!(g.unwrap().prompt_tokens, 5, "{base:?} with {other:?}");
     }
 }
 

@@ -114,13 +114,43 @@ impl Meta<'_> {
             .ok_or_else(|| Error::file(self.path, format!("GGUF metadata has no '{key}'")))
     }
 
+    /// A non-negative integer of any GGUF integer type.
     pub fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key)?;
-        v.to_u64()
-            .map(|x| x as usize)
-            .or_else(|_| v.to_u32().map(|x| x as usize))
-            .or_else(|_| v.to_i32().map(|x| x as usize))
-            .map_err(|e| Error::file(self.path, format!("GGUF metadata '{key}': {e}")))
+        use gguf_file::Value as V;
+        let v = match self.get(key)? {
+            V::U8(x) => Some(*x as u64),
+            V::U16(x) => Some(*x as u64),
+            V::U32(x) => Some(*x as u64),
+            V::U64(x) => Some(*x),
+            V::I8(x) => u64::try_from(*x).ok(),
+            V::I16(x) => u64::try_from(*x).ok(),
+            V::I32(x) => u64::try_from(*x).ok(),
+            V::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        v.and_then(|x| usize::try_from(x).ok()).ok_or_else(|| {
+            Error::file(
+                self.path,
+                format!("GGUF metadata '{key}' is not a non-negative integer"),
+            )
+        })
+    }
+
+    /// Like `usize`, but also within `range` (guards allocations against corrupt files).
+    pub fn usize_in(&self, key: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize> {
+        let v = self.usize(key)?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(Error::file(
+                self.path,
+                format!(
+                    "GGUF metadata '{key}' = {v} is outside {}..={}; is the file corrupt?",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
     }
 
     pub fn f32(&self, key: &str) -> Result<f32> {
@@ -176,14 +206,17 @@ impl Llama {
             .ok_or_else(|| Error::file(path, "GGUF has no token_embd.weight tensor"))?;
         let n_vocab = tok_embd_info.shape.dims().first().copied().unwrap_or(0);
         let config = LlamaConfig {
-            n_layer: meta.usize("llama.block_count")?,
+            n_layer: meta.usize_in("llama.block_count", 1..=1024)?,
             n_embd,
-            n_ff: meta.usize("llama.feed_forward_length")?,
+            n_ff: meta.usize_in("llama.feed_forward_length", 1..=1 << 20)?,
             n_head,
             n_head_kv,
             head_dim,
             n_vocab,
-            n_ctx_train: meta.usize("llama.context_length").unwrap_or(2048),
+            n_ctx_train: match meta.get("llama.context_length") {
+                Ok(_) => meta.usize_in("llama.context_length", 1..=1 << 20)?,
+                Err(_) => 2048,
+            },
             rope_base: meta.f32("llama.rope.freq_base").unwrap_or(10000.0),
             rms_eps: meta.f32("llama.attention.layer_norm_rms_epsilon")?,
         };
@@ -241,7 +274,7 @@ impl Llama {
         } else {
             None
         };
-        let mut layers = Vec::with_capacity(c.n_layer);
+        let mut layers = Vec::new();
         for i in 0..c.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
@@ -381,7 +414,9 @@ impl Llama {
 
             cache: Exclusive::new(cache),
         };
-        let nth = rayon::current_num_threads().max(1);
+        // More threads than cores only wait on each other at the barriers.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let nth = rayon::current_num_threads().clamp(1, cores);
         let barrier = SpinBarrier::new(nth);
         let step = Step {
             tokens,
@@ -393,7 +428,11 @@ impl Llama {
         if nth == 1 {
             self.run_thread(&step, &bufs, 0, 1, &barrier);
         } else {
-            rayon::broadcast(|ctx| self.run_thread(&step, &bufs, ctx.index(), nth, &barrier));
+            rayon::broadcast(|ctx| {
+                if ctx.index() < nth {
+                    self.run_thread(&step, &bufs, ctx.index(), nth, &barrier)
+                }
+            });
         }
         let cache = bufs.cache.into_inner();
         cache.tokens.extend_from_slice(tokens);
@@ -415,16 +454,16 @@ impl Llama {
             // than another barrier.
             rms_norm(unsafe { b.x.read() }, &layer.attn_norm, c.rms_eps, &mut h);
             let acts = layer.wq.quantize_acts(&h, n);
+            // Files may mix weight types between Q, K and V (and gate and up).
+            let acts_k = layer.wk.reuse_acts(&acts, &h, n);
+            let acts_v = layer.wv.reuse_acts(&acts, &h, n);
             unsafe {
-                layer
-                    .wq
-                    .matmul_rows(&acts, n, split(d, tid, nth), b.q.ptr(), false);
+                let (dq, dkv) = (split(d, tid, nth), split(kv_dim, tid, nth));
+                layer.wq.matmul_rows(&acts, n, dq, b.q.ptr(), false);
                 layer
                     .wk
-                    .matmul_rows(&acts, n, split(kv_dim, tid, nth), b.k.ptr(), false);
-                layer
-                    .wv
-                    .matmul_rows(&acts, n, split(kv_dim, tid, nth), b.v.ptr(), false);
+                    .matmul_rows(&acts_k, n, dkv.clone(), b.k.ptr(), false);
+                layer.wv.matmul_rows(&acts_v, n, dkv, b.v.ptr(), false);
             }
             barrier.wait();
             if tid == 0 {
@@ -466,13 +505,14 @@ impl Llama {
             rms_norm(unsafe { b.x.read() }, &layer.ffn_norm, c.rms_eps, &mut h);
             let acts = layer.w_gate.quantize_acts(&h, n);
             let mine = split(c.n_ff, tid, nth);
+            let acts_up = layer.w_up.reuse_acts(&acts, &h, n);
             unsafe {
                 layer
                     .w_gate
                     .matmul_rows(&acts, n, mine.clone(), b.g.ptr(), false);
                 layer
                     .w_up
-                    .matmul_rows(&acts, n, mine.clone(), b.u.ptr(), false);
+                    .matmul_rows(&acts_up, n, mine.clone(), b.u.ptr(), false);
             }
             for t in 0..n {
                 let (g, u) = unsafe {

@@ -105,7 +105,10 @@ impl ChatModel {
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
             Error::file(
                 path,
-                format!("not a readable GGUF file ({e}); is it truncated or another format?"),
+                format!(
+                    "not a readable GGUF file ({}); is it truncated or another format?",
+                    crate::error::first_line(&e)
+                ),
             )
         })?;
         let meta = llama::Meta {
@@ -208,6 +211,8 @@ impl ChatModel {
         let mut text = String::new();
         let max_stop = opts.stop.iter().map(|s| s.len()).max().unwrap_or(0);
         let finish;
+        // Set when `on_text` asked to stop: it then hears nothing more.
+        let mut stopped_by_caller = false;
         loop {
             let next = sampler.sample(&mut logits, &history);
             if self.tokenizer.stop_ids.contains(&next) {
@@ -248,6 +253,7 @@ impl ChatModel {
                     let keep_going = on_text(&text[emitted..safe]);
                     emitted = safe;
                     if !keep_going {
+                        stopped_by_caller = true;
                         finish = FinishReason::Stop;
                         break;
                     }
@@ -259,7 +265,13 @@ impl ChatModel {
             }
             logits = self.llama.forward(&[next], cache, false)?;
         }
-        if text.len() > emitted {
+        if finish == FinishReason::Length {
+            // Cut short inside a multi-byte character: drop the partial character.
+            while text.len() > emitted && text.ends_with('\u{FFFD}') {
+                text.pop();
+            }
+        }
+        if text.len() > emitted && !stopped_by_caller {
             on_text(&text[emitted..]);
         }
         Ok(Generation {

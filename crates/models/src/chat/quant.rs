@@ -72,6 +72,7 @@ pub struct QMatrix {
 }
 
 /// Activations quantised for one weight format: per row, blocks of (scale, sum*scale, 32 x i8).
+#[derive(Clone)]
 pub struct QActs {
     /// Per block: d (fp16-rounded).
     d: Vec<f32>,
@@ -82,6 +83,8 @@ pub struct QActs {
     /// Rows kept in f32 for F32/F16 weights.
     f32_rows: Vec<f32>,
     cols: usize,
+    /// Int8 blocks (for quantised weights) or f32 rows (for F32/F16 weights).
+    int8: bool,
 }
 
 impl QMatrix {
@@ -159,6 +162,26 @@ impl QMatrix {
         }
     }
 
+    /// Whether this matrix multiplies int8 activation blocks (else f32 rows).
+    fn wants_int8(&self) -> bool {
+        !matches!(self.wtype, WType::F32 | WType::F16)
+    }
+
+    /// `acts` when they suit this matrix (same width and encoding: files may mix weight types
+    /// between Q, K and V), else `x` quantised anew.
+    pub fn reuse_acts<'a>(
+        &self,
+        acts: &'a QActs,
+        x: &[f32],
+        n: usize,
+    ) -> std::borrow::Cow<'a, QActs> {
+        if acts.int8 == self.wants_int8() && acts.cols == self.cols {
+            std::borrow::Cow::Borrowed(acts)
+        } else {
+            std::borrow::Cow::Owned(self.quantize_acts(x, n))
+        }
+    }
+
     /// Quantises `n` rows of `x` (each `cols` long) the way this matrix's dot product expects.
     pub fn quantize_acts(&self, x: &[f32], n: usize) -> QActs {
         let cols = self.cols;
@@ -171,6 +194,7 @@ impl QMatrix {
                 blocks_per_row: 0,
                 f32_rows: x.to_vec(),
                 cols,
+                int8: false,
             },
             _ => {
                 let nb = cols / QK;
@@ -181,6 +205,7 @@ impl QMatrix {
                     blocks_per_row: nb,
                     f32_rows: vec![],
                     cols,
+                    int8: true,
                 };
                 for (b, (xb, qb)) in x
                     .chunks_exact(QK)
@@ -209,6 +234,10 @@ impl QMatrix {
     /// Dot products of weight row `r` with activation rows `t0..t0 + T`.
     #[inline]
     fn dots<const T: usize>(&self, r: usize, acts: &QActs, t0: usize) -> [f32; T] {
+        assert!(
+            acts.int8 == self.wants_int8() && acts.cols == self.cols,
+            "activations quantised for another matrix"
+        );
         let row = self.row(r);
         let nb = acts.blocks_per_row;
         match self.wtype {
@@ -316,6 +345,7 @@ mod kernels {
         nb: usize,
         t0: usize,
     ) -> [f32; T] {
+        assert!(w.len() == nb * 20);
         assert!(
             qs.len() >= (t0 + T) * nb * QK && d.len() >= (t0 + T) * nb && s.len() >= (t0 + T) * nb
         );
@@ -395,7 +425,7 @@ mod kernels {
         nb: usize,
         t0: usize,
     ) -> [f32; T] {
-        assert!(qs.len() >= (t0 + T) * nb * QK && d.len() >= (t0 + T) * nb);
+        assert!(w.len() == nb * 34 && qs.len() >= (t0 + T) * nb * QK && d.len() >= (t0 + T) * nb);
         #[cfg(all(
             target_arch = "x86_64",
             target_feature = "avx2",

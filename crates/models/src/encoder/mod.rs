@@ -9,7 +9,7 @@
 pub mod bert;
 pub mod ops;
 
-use crate::error::{tok_err, Error, Result};
+use crate::error::{first_line, tok_err, Error, Result};
 pub use bert::{Bert, BertConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -132,11 +132,16 @@ impl Encoder {
         let device = Device::Cpu;
         // SAFETY: the files are not modified while mapped (frugal's asset store is read-only use).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &device) }
-            .map_err(|e| Error::file(&weights[0], format!("cannot read weights: {e}")))?;
+            .map_err(|e| {
+                Error::file(
+                    &weights[0],
+                    format!("cannot read weights: {}", first_line(&e)),
+                )
+            })?;
         let model = Bert::load(vb, &config).map_err(|e| {
             Error::file(
                 &weights[0],
-                format!("weights do not match config.json: {e}"),
+                format!("weights do not match config.json: {}", first_line(&e)),
             )
         })?;
         let mut tokenizer = Tokenizer::from_file(&tok_path)
