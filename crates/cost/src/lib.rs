@@ -2,6 +2,9 @@
 //! no ML dependencies (local models' token counts and speeds come from the caller).
 
 pub mod catalog;
+pub mod hardware;
+pub mod request;
+pub mod tco;
 pub mod text;
 
 pub use catalog::{Catalog, Kind, ModelPrice, TokenizerSpec};
