@@ -114,3 +114,57 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// Writes `bytes` to `path` through a temporary file renamed into place: never half-written.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A local model's tokenizer (chat model or encoder), counting whole texts: no truncation.
+pub enum LocalTokenizer {
+    Chat(Box<ChatModel>),
+    Encoder(Box<Encoder>),
+}
+
+impl LocalTokenizer {
+    /// Loads the model behind an asset name, folder or .gguf file.
+    pub fn load(spec: &str, quiet: bool) -> Result<LocalTokenizer> {
+        Ok(match resolve_model(spec, &store(quiet))? {
+            ModelPath::Gguf(p) => LocalTokenizer::Chat(Box::new(ChatModel::load(&p)?)),
+            ModelPath::HfDir(d) => {
+                let mut e = Encoder::load(&d)?;
+                // The whole text: `embed` truncates, but counting must not.
+                e.tokenizer
+                    .with_truncation(None)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                LocalTokenizer::Encoder(Box::new(e))
+            }
+        })
+    }
+
+    /// Ids and their vocabulary strings, special tokens included.
+    pub fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        match self {
+            LocalTokenizer::Chat(m) => {
+                let ids = m.tokenizer.encode(text)?;
+                let toks = ids
+                    .iter()
+                    .map(|&i| m.tokenizer.token_str(i).unwrap_or_default())
+                    .collect();
+                Ok((ids, toks))
+            }
+            LocalTokenizer::Encoder(e) => {
+                let enc = e
+                    .tokenizer
+                    .encode(text, true)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok((enc.get_ids().to_vec(), enc.get_tokens().to_vec()))
+            }
+        }
+    }
+}

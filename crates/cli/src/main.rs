@@ -3,10 +3,13 @@
 
 mod assets_cmd;
 mod bench;
+mod chart;
 mod chat;
+mod cost_cmd;
 mod embed;
 mod generate;
 mod io;
+mod tco_cmd;
 mod tokenize;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +44,12 @@ enum Command {
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Count tokens exactly with a catalog model's tokenizer; --list shows the price catalog.
+    Tokens(cost_cmd::TokensArgs),
+    /// What a request costs on hosted and local models, with savings against a reference.
+    Cost(cost_cmd::CostArgs),
+    /// Total cost of an LLM project over the five cost drivers, scenarios side by side.
+    Tco(tco_cmd::TcoArgs),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -141,6 +150,9 @@ fn main() {
         Command::Chat(a) => chat::run(a, &ctx),
         Command::Tokenize(a) => tokenize::run(a, &ctx),
         Command::Bench(c) => bench::run(c, &ctx),
+        Command::Tokens(a) => cost_cmd::tokens(a, &ctx),
+        Command::Cost(a) => cost_cmd::cost(a, &ctx),
+        Command::Tco(a) => tco_cmd::run(a, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

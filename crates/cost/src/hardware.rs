@@ -3,14 +3,14 @@
 //! where the OS exposes them.
 
 use crate::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 const BUILTIN: &str = include_str!("../hardware.toml");
 
 /// Electricity: price, data-centre overhead (PUE) and carbon intensity.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Energy {
     pub usd_per_kwh: f64,

@@ -59,30 +59,26 @@ pub struct LocalCost {
     pub usd: f64,
     pub usd_per_hour: f64,
     pub watts: f64,
-    /// True when `kwh` comes from RAPL counters rather than watts × time.
+    /// True when `watts` was measured (RAPL counters) rather than taken from a profile.
     pub measured_energy: bool,
 }
 
 impl LocalCost {
     /// seconds = input / prompt speed + output / generation speed; machine USD = seconds ×
-    /// $/hour / 3600; kWh = watts × seconds × PUE / 3.6e6 (or measured joules per token × tokens
-    /// × PUE / 3.6e6 when `joules_per_token` is given); USD = machine + kWh × $/kWh.
+    /// $/hour / 3600; kWh = watts × seconds × PUE / 3.6e6; USD = machine + kWh × $/kWh.
+    /// `measured` says whether `watts` came from energy counters or from a profile.
     pub fn of(
         speed: Speed,
         t: Tokens,
         usd_per_hour: f64,
         watts: f64,
         energy: &Energy,
-        joules_per_token: Option<f64>,
+        measured: bool,
     ) -> LocalCost {
         let seconds = t.input as f64 / speed.prompt_tokens_per_s.max(1e-9)
             + t.output as f64 / speed.tokens_per_s.max(1e-9);
         let machine_usd = seconds * usd_per_hour / 3600.0;
-        let joules = match joules_per_token {
-            Some(j) => j * (t.input + t.output) as f64,
-            None => watts * seconds,
-        };
-        let kwh = joules * energy.pue / 3.6e6;
+        let kwh = watts * seconds * energy.pue / 3.6e6;
         let energy_usd = kwh * energy.usd_per_kwh;
         LocalCost {
             seconds,
@@ -93,14 +89,19 @@ impl LocalCost {
             usd: machine_usd + energy_usd,
             usd_per_hour,
             watts,
-            measured_energy: joules_per_token.is_some(),
+            measured_energy: measured,
         }
     }
 
     /// The formula with its numbers.
     pub fn explain(&self, t: Tokens, speed: Speed, pue: f64, usd_per_kwh: f64) -> String {
+        let how = if self.measured_energy {
+            "measured, RAPL"
+        } else {
+            "estimated, profile"
+        };
         format!(
-            "time {} in / {:.1} tok/s + {} out / {:.1} tok/s = {:.4} s; machine {:.4} s × ${}/h / 3600 = ${:.8}; energy {} × PUE {pue} = {:.3e} kWh × ${usd_per_kwh}/kWh = ${:.8}; total ${:.8}",
+            "time {} in / {:.1} tok/s + {} out / {:.1} tok/s = {:.4} s; machine {:.4} s × ${}/h / 3600 = ${:.8}; energy {:.1} W ({how}) × {:.4} s × PUE {pue} = {:.3e} kWh × ${usd_per_kwh}/kWh = ${:.8}; total ${:.8}",
             t.input,
             speed.prompt_tokens_per_s,
             t.output,
@@ -109,7 +110,8 @@ impl LocalCost {
             self.seconds,
             self.usd_per_hour,
             self.machine_usd,
-            if self.measured_energy { "measured RAPL joules".to_string() } else { format!("{} W × {:.4} s", self.watts, self.seconds) },
+            self.watts,
+            self.seconds,
             self.kwh,
             self.energy_usd,
             self.usd
@@ -153,8 +155,9 @@ pub fn verdict(q: &Quote, lo: f64, hi: f64) -> String {
     let range = format!("${lo:.5}–${hi:.4}");
     if hi < q.low_usd {
         format!(
-            "does not hold today: catalog prices give {range}, {:.0}× below the quote's low end",
-            q.low_usd / hi
+            "does not hold today: catalog prices give {range}, all below the quote's low end of ${} (the cheapest {:.0}× below it)",
+            q.low_usd,
+            q.low_usd / lo.max(1e-12)
         )
     } else if lo > q.high_usd {
         format!("does not hold: catalog prices give {range}, above the quote")
@@ -217,7 +220,7 @@ mod tests {
             3.6,
             100.0,
             &e,
-            None,
+            false,
         );
         assert!((c.seconds - 2.25).abs() < 1e-12);
         assert!((c.machine_usd - 0.00225).abs() < 1e-12);
@@ -231,11 +234,12 @@ mod tests {
                 output: 200,
             },
             3.6,
-            100.0,
+            50.0,
             &e,
-            Some(1.0),
+            true,
         );
-        assert!((measured.kwh - 300.0 * e.pue / 3.6e6).abs() < 1e-15 && measured.measured_energy);
+        // 50 W × 2.25 s = 112.5 J.
+        assert!((measured.kwh - 112.5 * e.pue / 3.6e6).abs() < 1e-15 && measured.measured_energy);
     }
 
     #[test]

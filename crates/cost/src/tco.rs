@@ -14,7 +14,7 @@ pub fn training_flops(params: f64, tokens: f64) -> f64 {
     6.0 * params * tokens
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub name: String,
@@ -24,7 +24,7 @@ pub struct Spec {
     pub scenarios: Vec<ScenarioSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioSpec {
     pub name: String,
@@ -41,7 +41,7 @@ pub struct ScenarioSpec {
 }
 
 /// Data collection and preprocessing.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Data {
     #[serde(default)]
@@ -59,7 +59,7 @@ pub struct Data {
 }
 
 /// Training compute: FLOPs from 6·N·D, or GPU-hours given outright.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compute {
     /// A GPU machine profile (its $/hour, GPUs and peak FLOP/s).
@@ -81,7 +81,7 @@ fn default_mfu() -> f64 {
 }
 
 /// Serving: a hosted API per request, and/or machines kept running.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Serving {
     /// A catalog model billed per token.
@@ -105,7 +105,7 @@ fn hours_per_year() -> f64 {
 }
 
 /// Ongoing maintenance.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Maintenance {
     #[serde(default)]
@@ -118,7 +118,7 @@ pub struct Maintenance {
 }
 
 /// A role on the team.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Role {
     pub role: String,
@@ -186,6 +186,10 @@ pub struct BreakEven {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The spec as read: every input.
+    pub inputs: Spec,
+    /// Energy price, PUE and carbon intensity used, with their sources.
+    pub energy: crate::hardware::Energy,
     pub name: String,
     pub horizon_years: f64,
     pub requests_per_year: f64,
@@ -256,6 +260,12 @@ pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<R
                 .map_err(|err| Error::Invalid(format!("{}: {err}", at("compute.machine"))))?;
             let util = check(c.utilisation, &at("compute.utilisation"))?;
             machine_hours = match (c.params, c.tokens, c.machine_hours) {
+                (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: give params and tokens (FLOPs) or machine_hours (time), not both",
+                        at("compute")
+                    )))
+                }
                 (_, _, Some(h)) => check(h, &at("compute.machine_hours"))?,
                 (Some(n), Some(t), None) => {
                     flops = training_flops(
@@ -403,6 +413,8 @@ pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<R
         }
     }
     Ok(Report {
+        inputs: spec.clone(),
+        energy: e.clone(),
         name: spec.name.clone(),
         horizon_years: years,
         requests_per_year: rpy,
@@ -550,6 +562,12 @@ talent = [{ role = "ML engineer", salary_usd = 100000, fte = 0.1 }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("'own'") && e.contains("data.examples"), "{e}");
+        let mut s = spec();
+        s.scenarios[1].compute.as_mut().unwrap().params = Some(1e9);
+        let e = evaluate(&s, &Catalog::builtin(), &Profiles::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
         let mut s = spec();
         s.scenarios[0].serving.api_model = Some("gpt-5o".into());
         assert!(evaluate(&s, &Catalog::builtin(), &Profiles::builtin())

@@ -7,6 +7,26 @@ use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 use unicode_segmentation::UnicodeSegmentation;
 
+const SAMPLE: &str = include_str!("../sample_en.txt");
+
+/// The first `words` words of frugal's sample of plain English prose (repeated as needed): the
+/// text whose tokens a scenario "N words" counts with each model's tokenizer.
+pub fn sample_text(words: usize) -> String {
+    let per_pass = count_words(SAMPLE);
+    let mut out = String::new();
+    for _ in 0..words / per_pass {
+        out.push_str(SAMPLE.trim_end());
+        out.push('\n');
+    }
+    if let Some((i, w)) = (words % per_pass)
+        .checked_sub(1)
+        .and_then(|k| SAMPLE.unicode_word_indices().nth(k))
+    {
+        out.push_str(&SAMPLE[..i + w.len()]);
+    }
+    out.trim_end().to_string()
+}
+
 /// Words of `text` as Unicode word boundaries define them (UAX #29; punctuation is not a word).
 pub fn count_words(text: &str) -> usize {
     text.unicode_words().count()
@@ -61,6 +81,13 @@ pub fn tokens_for_words(spec: &TokenizerSpec, words: usize) -> Result<(usize, Me
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_text_has_exactly_the_words_asked_for() {
+        for n in [0, 1, 100, 992, 1000, 2500] {
+            assert_eq!(count_words(&sample_text(n)), n);
+        }
+    }
 
     #[test]
     fn words_follow_unicode_boundaries() {
