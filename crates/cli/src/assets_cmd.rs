@@ -27,9 +27,7 @@ pub fn run(cmd: AssetsCmd, ctx: &Ctx) -> Result<()> {
     let store = Store::from_env();
     match cmd {
         AssetsCmd::List { json } => {
-            let mut table = comfy_table::Table::new();
-            table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-            table.set_header(["name", "kind", "package", "status", "size", "path"]);
+            let mut table = crate::io::table(["name", "kind", "package", "status", "size", "path"]);
             for spec in store.manifest().iter() {
                 let status = store.status(spec);
                 let size = match status {

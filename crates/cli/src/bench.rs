@@ -65,9 +65,7 @@ fn print(json: bool, v: serde_json::Value) {
         println!("{v}");
         return;
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header(["metric", "value"]);
+    let mut table = crate::io::table(["metric", "value"]);
     for (k, val) in v.as_object().expect("object") {
         table.add_row([k.clone(), val.to_string()]);
     }

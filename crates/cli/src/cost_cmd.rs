@@ -131,9 +131,7 @@ pub fn tokens(a: TokensArgs, ctx: &Ctx) -> Result<()> {
 }
 
 fn list(catalog: &Catalog, json: bool) -> Result<()> {
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header([
+    let mut table = crate::io::table([
         "model",
         "provider",
         "$/1M in",
@@ -186,7 +184,7 @@ pub struct CostArgs {
     #[arg(long, default_value = "gpt-4")]
     reference: String,
     /// Price this machine at this many USD an hour instead of its cloud equivalent.
-    #[arg(long, value_parser = non_negative)]
+    #[arg(long, value_parser = crate::non_negative_f64)]
     usd_per_hour: Option<f64>,
     /// Measure local models again instead of using the cached measurement.
     #[arg(long)]
@@ -198,15 +196,6 @@ pub struct CostArgs {
     json: bool,
     #[command(flatten)]
     sources: SourcesArgs,
-}
-
-fn non_negative(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err("must be 0 or more".into())
-    }
 }
 
 /// A local model's measured speed and power on this machine, cached per model and machine.
@@ -473,9 +462,7 @@ pub fn cost(a: CostArgs, ctx: &Ctx) -> Result<()> {
             continue;
         }
         println!("\n{words} words answered to a {prompt_words}-word prompt (tokens of frugal's English sample, per model tokenizer); savings against {}", reference.name);
-        let mut table = comfy_table::Table::new();
-        table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-        table.set_header([
+        let mut table = crate::io::table([
             "model",
             "kind",
             "tokens in/out",

@@ -168,3 +168,13 @@ impl LocalTokenizer {
         }
     }
 }
+
+/// A table in frugal's style (borders only), with this header.
+pub fn table<T: Into<comfy_table::Cell>>(
+    header: impl IntoIterator<Item = T>,
+) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header(header);
+    t
+}

@@ -89,7 +89,12 @@ impl SamplingArgs {
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
-    let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    non_negative_f64(s).map(|v| v as f32)
+}
+
+/// A finite number of 0 or more (clap value parser).
+pub fn non_negative_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {

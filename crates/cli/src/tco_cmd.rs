@@ -53,11 +53,9 @@ pub fn run(a: TcoArgs, _ctx: &Ctx) -> Result<()> {
         report.horizon_years,
         human(report.requests_per_year)
     );
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     let mut header = vec!["USD".to_string()];
     header.extend(report.scenarios.iter().map(|s| s.name.clone()));
-    table.set_header(header);
+    let mut table = crate::io::table(header);
     for k in 0..5 {
         let mut row = vec![report.scenarios[0].drivers.parts()[k].0.to_string()];
         row.extend(
