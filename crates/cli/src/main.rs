@@ -6,6 +6,7 @@ mod bench;
 mod chart;
 mod chat;
 mod cost_cmd;
+mod data_cmd;
 mod embed;
 mod generate;
 mod io;
@@ -50,6 +51,9 @@ enum Command {
     Cost(cost_cmd::CostArgs),
     /// Total cost of an LLM project over the five cost drivers, scenarios side by side.
     Tco(tco_cmd::TcoArgs),
+    /// Labelled text data: prepare train/valid/test splits, show statistics.
+    #[command(subcommand)]
+    Data(data_cmd::DataCmd),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -158,6 +162,7 @@ fn main() {
         Command::Tokens(a) => cost_cmd::tokens(a, &ctx),
         Command::Cost(a) => cost_cmd::cost(a, &ctx),
         Command::Tco(a) => tco_cmd::run(a, &ctx),
+        Command::Data(c) => data_cmd::run(c, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

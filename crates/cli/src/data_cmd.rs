@@ -1,0 +1,131 @@
+//! `frugal data prepare|stats`: labelled text data sets made ready for training.
+
+use crate::io::store;
+use crate::Ctx;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use frugal_train::data::{
+    anchor_split, load, spamassassin, stats, stratified_split, write_jsonl, Example, Fields,
+};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Split a data set into train.jsonl, valid.jsonl and test.jsonl.
+    Prepare(PrepareArgs),
+    /// Counts per label and length percentiles.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct FieldArgs {
+    /// The field (JSONL) or column (CSV/TSV) holding the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// The field or column holding the label.
+    #[arg(long, default_value = "label")]
+    label_field: String,
+}
+
+impl FieldArgs {
+    fn fields(&self) -> Fields {
+        Fields {
+            text: self.text_field.clone(),
+            label: self.label_field.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// `spamassassin` (the pinned corpus, split as the anchors split it) or a .jsonl/.csv/.tsv file.
+    source: String,
+    /// Folder for train.jsonl, valid.jsonl and test.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    fields: FieldArgs,
+    /// Fraction of each label held out for test (files only).
+    #[arg(long, default_value_t = 0.2)]
+    test_frac: f64,
+    /// Fraction of each label held out for validation (files only).
+    #[arg(long, default_value_t = 0.1)]
+    valid_frac: f64,
+    /// Seed of the stratified split (files only).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// `spamassassin` or a .jsonl/.csv/.tsv file.
+    source: String,
+    #[command(flatten)]
+    fields: FieldArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Examples of a source: the built-in corpus by name, else a file.
+fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Example>> {
+    if source == "spamassassin" {
+        let dir = store(quiet).ensure("spamassassin")?;
+        return Ok(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());
+    }
+    let path = Path::new(source);
+    if !path.is_file() {
+        anyhow::bail!("{source}: no such file, and not a built-in data set (spamassassin)");
+    }
+    Ok(load(path, fields)?)
+}
+
+pub fn run(cmd: DataCmd, ctx: &Ctx) -> Result<()> {
+    match cmd {
+        DataCmd::Prepare(a) => {
+            let all = examples(&a.source, &a.fields.fields(), ctx.quiet)?;
+            let splits = if a.source == "spamassassin" {
+                anchor_split(all)
+            } else {
+                stratified_split(all, a.test_frac, a.valid_frac, a.seed)?
+            };
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("creating {}", a.out.display()))?;
+            for (name, set) in [
+                ("train", &splits.train),
+                ("valid", &splits.valid),
+                ("test", &splits.test),
+            ] {
+                let path = a.out.join(format!("{name}.jsonl"));
+                write_jsonl(&path, set)?;
+                println!("{}\t{} examples", path.display(), set.len());
+            }
+            Ok(())
+        }
+        DataCmd::Stats(a) => {
+            let s = stats(&examples(&a.source, &a.fields.fields(), ctx.quiet)?);
+            if a.json {
+                println!("{}", serde_json::to_string(&s)?);
+                return Ok(());
+            }
+            println!("{} examples, {} labels", s.examples, s.labels.len());
+            let mut t = crate::io::table(["label", "examples", "share"]);
+            for (label, n) in &s.labels {
+                t.add_row([
+                    label.clone(),
+                    n.to_string(),
+                    format!("{:.1}%", 100.0 * *n as f64 / s.examples as f64),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "words per text: p50 {}, p90 {}, p99 {}, max {}",
+                s.words[0], s.words[1], s.words[2], s.words[3]
+            );
+            println!(
+                "chars per text: p50 {}, p90 {}, p99 {}, max {}",
+                s.chars[0], s.chars[1], s.chars[2], s.chars[3]
+            );
+            Ok(())
+        }
+    }
+}

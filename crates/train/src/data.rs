@@ -1,0 +1,434 @@
+//! Labelled text datasets: JSONL, CSV and TSV files with named text and label fields, and the
+//! built-in SpamAssassin importer (RFC 822 messages parsed with `mail-parser`: subject + plain
+//! text body, transfer encodings decoded, HTML turned into text, headers dropped).
+//!
+//! Splits are deterministic: SpamAssassin uses the anchors' split (messages sorted by group, then
+//! file name; every 5th is test) so numbers compare; other data sets get a stratified split from
+//! a seed.
+
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One labelled text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+}
+
+/// Which fields of a record hold the text and the label.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    pub text: String,
+    pub label: String,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            text: "text".into(),
+            label: "label".into(),
+        }
+    }
+}
+
+/// Reads a JSONL, CSV or TSV file (by extension). Errors name the file, the line and the missing
+/// field with the fields that are present; empty files and empty texts are errors.
+pub fn load(path: &Path, fields: &Fields) -> Result<Vec<Example>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_lowercase();
+    let examples = match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => load_jsonl(path, fields)?,
+        "csv" => load_delimited(path, fields, b',')?,
+        "tsv" | "tab" => load_delimited(path, fields, b'\t')?,
+        _ => {
+            return Err(Error::data(
+                path,
+                "unknown format: name the file *.jsonl, *.csv or *.tsv (or use a built-in data set: spamassassin)",
+            ))
+        }
+    };
+    if examples.is_empty() {
+        return Err(Error::data(path, "the file holds no examples"));
+    }
+    Ok(examples)
+}
+
+fn check_text(path: &Path, line: usize, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::data(
+            path,
+            format!("line {line}: the text is empty; remove the line or give it text"),
+        ));
+    }
+    Ok(())
+}
+
+fn load_jsonl(path: &Path, fields: &Fields) -> Result<Vec<Example>> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let mut out = vec![];
+    for (i, line) in content.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {n}: invalid JSON ({e})")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::data(path, format!("line {n}: not a JSON object")))?;
+        let get = |f: &str| -> Result<String> {
+            match obj.get(f) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(serde_json::Value::Number(x)) => Ok(x.to_string()),
+                Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+                Some(_) => Err(Error::data(path, format!("line {n}: field '{f}' is not text"))),
+                None => Err(Error::data(
+                    path,
+                    format!(
+                        "line {n}: no field '{f}'; fields present: {}; choose others with --text-field/--label-field",
+                        obj.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+            }
+        };
+        let text = get(&fields.text)?;
+        check_text(path, n, &text)?;
+        out.push(Example {
+            text,
+            label: get(&fields.label)?,
+        });
+    }
+    Ok(out)
+}
+
+fn load_delimited(path: &Path, fields: &Fields, delimiter: u8) -> Result<Vec<Example>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::data(path, format!("no header line: {e}")))?
+        .clone();
+    let col = |f: &str| -> Result<usize> {
+        headers.iter().position(|h| h == f).ok_or_else(|| {
+            Error::data(
+                path,
+                format!(
+                    "no column '{f}'; columns present: {}; choose others with --text-field/--label-field",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (ti, li) = (col(&fields.text)?, col(&fields.label)?);
+    let mut out = vec![];
+    for (i, rec) in rdr.records().enumerate() {
+        let n = i + 2;
+        let rec = rec.map_err(|e| Error::data(path, format!("line {n}: {e}")))?;
+        let text = rec.get(ti).unwrap_or("").to_string();
+        check_text(path, n, &text)?;
+        out.push(Example {
+            text,
+            label: rec.get(li).unwrap_or("").to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The SpamAssassin groups in the anchors' order, and whether each is spam.
+pub const SPAM_GROUPS: [(&str, bool); 5] = [
+    ("easy-ham-1", false),
+    ("easy-ham-2", false),
+    ("hard-ham-1", false),
+    ("spam-1", true),
+    ("spam-2", true),
+];
+
+/// Subject and plain-text body of a raw RFC 822 message; headers dropped, encodings decoded,
+/// HTML converted to text.
+pub fn email_text(raw: &[u8]) -> String {
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return String::new();
+    };
+    let subject = msg.subject().unwrap_or("").trim().to_string();
+    let body = msg.body_text(0).map(|b| b.to_string()).unwrap_or_default();
+    let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match (subject.is_empty(), body.is_empty()) {
+        (false, false) => format!("{subject}\n{body}"),
+        (false, true) => subject,
+        _ => body,
+    }
+}
+
+/// The SpamAssassin corpus from the pinned asset, in the anchors' order (group, then file name),
+/// labelled `ham`/`spam`, with each message's group and file name.
+pub fn spamassassin(dir: &Path) -> Result<Vec<(String, String, Example)>> {
+    let mut out = vec![];
+    for (group, spam) in SPAM_GROUPS {
+        let gdir = dir.join(group);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&gdir)
+            .map_err(|e| Error::data(&gdir, format!("cannot read the data set: {e}")))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            #[derive(Deserialize)]
+            struct Raw {
+                text: String,
+            }
+            let bytes =
+                std::fs::read(&f).map_err(|e| Error::data(&f, format!("cannot read: {e}")))?;
+            let raw: Raw = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::data(&f, format!("invalid JSON: {e}")))?;
+            let mut text = email_text(raw.text.as_bytes());
+            if text.trim().is_empty() {
+                // A message with neither subject nor body still counts (the anchors keep it).
+                text = "(empty message)".into();
+            }
+            let name = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            out.push((
+                group.to_string(),
+                name,
+                Example {
+                    text,
+                    label: if spam { "spam" } else { "ham" }.into(),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Train, validation and test sets.
+#[derive(Debug, Clone, Default)]
+pub struct Splits {
+    pub train: Vec<Example>,
+    pub valid: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+/// The anchors' split: of the sorted corpus every 5th message (index % 5 == 4) is test; of the
+/// rest every 10th is validation.
+pub fn anchor_split(corpus: Vec<Example>) -> Splits {
+    let mut s = Splits::default();
+    let mut rest = 0;
+    for (i, e) in corpus.into_iter().enumerate() {
+        if i % 5 == 4 {
+            s.test.push(e);
+        } else {
+            if rest % 10 == 9 {
+                s.valid.push(e);
+            } else {
+                s.train.push(e);
+            }
+            rest += 1;
+        }
+    }
+    s
+}
+
+/// A stratified split: within each label, a seeded shuffle, then `test_frac` and `valid_frac`
+/// of the examples (at least one each where the label has three or more).
+pub fn stratified_split(
+    examples: Vec<Example>,
+    test_frac: f64,
+    valid_frac: f64,
+    seed: u64,
+) -> Result<Splits> {
+    if !(0.0..1.0).contains(&test_frac)
+        || !(0.0..1.0).contains(&valid_frac)
+        || test_frac + valid_frac >= 1.0
+    {
+        return Err(Error::Invalid(
+            "test and validation fractions must be in [0, 1) and sum to less than 1".into(),
+        ));
+    }
+    let mut by_label: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+    for e in examples {
+        by_label.entry(e.label.clone()).or_default().push(e);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = Splits::default();
+    for (_, mut group) in by_label {
+        group.shuffle(&mut rng);
+        let n = group.len() as f64;
+        let take = |f: f64| {
+            if f > 0.0 && group.len() >= 3 {
+                ((n * f).round() as usize).max(1)
+            } else {
+                (n * f).round() as usize
+            }
+        };
+        let (nt, nv) = (take(test_frac), take(valid_frac));
+        let mut it = group.into_iter();
+        s.test.extend(it.by_ref().take(nt));
+        s.valid.extend(it.by_ref().take(nv));
+        s.train.extend(it);
+    }
+    Ok(s)
+}
+
+/// Writes examples as JSONL (`{"text", "label"}` a line) through a temporary file.
+pub fn write_jsonl(path: &Path, examples: &[Example]) -> Result<()> {
+    let mut buf = Vec::new();
+    for e in examples {
+        serde_json::to_writer(&mut buf, e).expect("examples serialise");
+        buf.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.partial");
+    std::fs::write(&tmp, &buf).map_err(|e| Error::data(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::data(path, format!("cannot write: {e}")))
+}
+
+/// Counts per label and length percentiles (words and characters).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub examples: usize,
+    pub labels: BTreeMap<String, usize>,
+    /// p50, p90, p99 and max of words per text.
+    pub words: [usize; 4],
+    /// p50, p90, p99 and max of characters per text.
+    pub chars: [usize; 4],
+}
+
+/// Statistics of a data set.
+pub fn stats(examples: &[Example]) -> Stats {
+    let mut labels = BTreeMap::new();
+    for e in examples {
+        *labels.entry(e.label.clone()).or_insert(0) += 1;
+    }
+    let pct = |mut v: Vec<usize>| -> [usize; 4] {
+        v.sort_unstable();
+        let at = |p: f64| {
+            v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        [at(0.5), at(0.9), at(0.99), v.last().copied().unwrap_or(0)]
+    };
+    Stats {
+        examples: examples.len(),
+        labels,
+        words: pct(examples
+            .iter()
+            .map(|e| e.text.split_whitespace().count())
+            .collect()),
+        chars: pct(examples.iter().map(|e| e.text.chars().count()).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(text: &str, label: &str) -> Example {
+        Example {
+            text: text.into(),
+            label: label.into(),
+        }
+    }
+
+    #[test]
+    fn emails_lose_headers_and_encodings() {
+        let raw = b"From: a@b.c\r\nSubject: Cheap =?utf-8?q?caf=C3=A9?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nHello=20there, caf=C3=A9\r\nbye\r\n";
+        assert_eq!(email_text(raw), "Cheap café\nHello there, café bye");
+        let html = b"Subject: Offer\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGh0bWw+PGJvZHk+PHA+QnV5IDxiPm5vdzwvYj4hPC9wPjwvYm9keT48L2h0bWw+\r\n";
+        let t = email_text(html);
+        assert!(
+            t.starts_with("Offer\n") && t.contains("Buy") && t.contains("now") && !t.contains('<'),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn files_load_and_bad_ones_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.jsonl");
+        std::fs::write(
+            &j,
+            "{\"text\": \"hi\", \"label\": \"a\"}\n\n{\"text\": \"yo\", \"label\": 2}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(&j, &Fields::default()).unwrap(),
+            vec![ex("hi", "a"), ex("yo", "2")]
+        );
+        let c = dir.path().join("d.csv");
+        std::fs::write(&c, "body,cls\n\"hello, world\",x\nbye,y\n").unwrap();
+        let f = Fields {
+            text: "body".into(),
+            label: "cls".into(),
+        };
+        assert_eq!(
+            load(&c, &f).unwrap(),
+            vec![ex("hello, world", "x"), ex("bye", "y")]
+        );
+        let e = load(&c, &Fields::default()).unwrap_err().to_string();
+        assert!(e.contains("'text'") && e.contains("body, cls"), "{e}");
+        std::fs::write(&j, "{\"txt\": \"hi\", \"label\": \"a\"}\n").unwrap();
+        let e = load(&j, &Fields::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("'text'") && e.contains("txt"),
+            "{e}"
+        );
+        std::fs::write(&j, "").unwrap();
+        assert!(load(&j, &Fields::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no examples"));
+        std::fs::write(&j, "{\"text\": \"  \", \"label\": \"a\"}\n").unwrap();
+        assert!(load(&j, &Fields::default())
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let t = dir.path().join("d.txt");
+        std::fs::write(&t, "x").unwrap();
+        assert!(load(&t, &Fields::default())
+            .unwrap_err()
+            .to_string()
+            .contains("*.jsonl"));
+    }
+
+    #[test]
+    fn splits_are_deterministic_and_stratified() {
+        let data: Vec<Example> = (0..100)
+            .map(|i| ex(&format!("t{i}"), if i % 4 == 0 { "a" } else { "b" }))
+            .collect();
+        let s1 = stratified_split(data.clone(), 0.2, 0.1, 7).unwrap();
+        let s2 = stratified_split(data.clone(), 0.2, 0.1, 7).unwrap();
+        assert_eq!(s1.test, s2.test);
+        assert_eq!(s1.train.len() + s1.valid.len() + s1.test.len(), 100);
+        assert_eq!(s1.test.iter().filter(|e| e.label == "a").count(), 5);
+        assert_eq!(s1.test.iter().filter(|e| e.label == "b").count(), 15);
+        assert_ne!(
+            stratified_split(data.clone(), 0.2, 0.1, 8).unwrap().test,
+            s1.test
+        );
+        let a = anchor_split(data);
+        assert_eq!((a.test.len(), a.valid.len(), a.train.len()), (20, 8, 72));
+        assert_eq!(a.test[0].text, "t4");
+    }
+
+    #[test]
+    fn stats_count_labels_and_lengths() {
+        let s = stats(&[ex("a b c", "x"), ex("a", "y"), ex("a b", "x")]);
+        assert_eq!(s.labels["x"], 2);
+        assert_eq!(s.words, [2, 3, 3, 3]);
+    }
+}
