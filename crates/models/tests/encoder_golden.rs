@@ -67,3 +67,52 @@ fn batching_does_not_change_results() {
         "normalised by the Normalize module"
     );
 }
+
+#[test]
+fn trainable_minilm_matches_inference_and_every_weight_gets_a_gradient() {
+    let dir = Store::from_env().ensure("minilm").expect("fetch minilm");
+    let plain = Encoder::load(&dir).unwrap();
+    let (mut enc, varmap) = Encoder::load_trainable(&dir).unwrap();
+    let texts = [
+        "Cheap meds, click now!!!",
+        "Minutes of Tuesday's meeting attached.",
+    ];
+    let a = plain.embed(&texts, 2, &mut |_| {}).unwrap();
+    let b = enc.embed(&texts, 2, &mut |_| {}).unwrap();
+    for (x, y) in a.vectors.iter().flatten().zip(b.vectors.iter().flatten()) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    // Full fine-tuning: with the differentiable path on, a loss reaches every weight.
+    enc.model.train = true;
+    let toks = enc.tokenize(&texts).unwrap();
+    let batch: Vec<&[u32]> = toks.iter().map(|t| t.ids.as_slice()).collect();
+    let (ids, mask) = enc.batch_tensors(&batch).unwrap();
+    let pooled = enc.pooled(&ids, &mask).unwrap();
+    let target = candle_core::Tensor::new(&[1f32, -1.0], &candle_core::Device::Cpu).unwrap();
+    let score = pooled.sum(1).unwrap();
+    let loss = (score - target).unwrap().sqr().unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.data().lock().unwrap();
+    assert_eq!(
+        vars.len(),
+        101,
+        "6 layers x 16 tensors + 5 embedding tensors"
+    );
+    for (name, v) in vars.iter() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The key bias cannot matter: it adds the same q·b to every score of a row.
+        assert!(
+            norm > 0.0 || name.ends_with("attention.self.key.bias"),
+            "zero gradient for {name}"
+        );
+    }
+}

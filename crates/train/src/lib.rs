@@ -1,7 +1,8 @@
-//! frugal's training side. For now the data pipeline: labelled text data sets, the SpamAssassin
-//! importer, deterministic splits and statistics (the trainer comes with the fine-tuning issue).
+//! frugal's training side. So far: labelled text data sets (the SpamAssassin importer,
+//! deterministic splits, statistics) and classification metrics; the trainer is still to come.
 
 pub mod data;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 

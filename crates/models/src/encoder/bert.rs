@@ -28,6 +28,14 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub model_type: Option<String>,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+}
+
+fn default_dropout() -> f32 {
+    0.1
 }
 
 fn default_act() -> String {
@@ -90,8 +98,13 @@ pub struct Bert {
     token_type: Embedding,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
-    /// When true, every op is differentiable (LayerNorm without the fused kernel).
+    /// When true, every op is differentiable (LayerNorm and softmax without the fused kernels)
+    /// and dropout is applied.
     pub train: bool,
+    /// Dropout on hidden states (embeddings, attention output, feed-forward output) in training.
+    pub hidden_dropout: f32,
+    /// Dropout on attention probabilities in training.
+    pub attention_dropout: f32,
 }
 
 impl Bert {
@@ -133,7 +146,18 @@ impl Bert {
             emb_norm,
             layers,
             train: false,
+            hidden_dropout: config.hidden_dropout_prob,
+            attention_dropout: config.attention_probs_dropout_prob,
         })
+    }
+
+    /// Dropout with probability `p` while training; the identity otherwise.
+    fn drop(&self, x: Tensor, p: f32) -> candle_core::Result<Tensor> {
+        if self.train && p > 0.0 {
+            candle_nn::ops::dropout(&x, p)
+        } else {
+            Ok(x)
+        }
     }
 
     /// `ids`, `mask`: (batch, len) u32 tensors, mask 1 for real tokens. Returns (batch, len, hidden).
@@ -150,10 +174,8 @@ impl Bert {
             .forward(ids)?
             .broadcast_add(&self.position.forward(&pos)?)?
             .add(&self.token_type.forward(&types)?)?;
-        let mut x = self
-            .emb_norm
-            .forward(&x, self.train)?
-            .reshape((b * len, h))?;
+        let x = self.emb_norm.forward(&x, self.train)?;
+        let mut x = self.drop(x, self.hidden_dropout)?.reshape((b * len, h))?;
         // Additive mask: 0 for tokens, a large negative number for padding; none is needed when
         // no text of the batch is padded (the common case with length-sorted batches).
         let padded = mask.min_all()?.to_scalar::<u32>()? == 0;
@@ -179,11 +201,12 @@ impl Bert {
             } else {
                 candle_nn::ops::softmax_last_dim(&scores)?
             };
+            let probs = self.drop(probs, self.attention_dropout)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
-            let a = layer.attn_out.forward(&ctx)?;
+            let a = self.drop(layer.attn_out.forward(&ctx)?, self.hidden_dropout)?;
             x = layer.attn_norm.forward(&(a + &x)?, self.train)?;
             let i = gelu_erf(&layer.inter.forward(&x)?)?;
-            let o = layer.out.forward(&i)?;
+            let o = self.drop(layer.out.forward(&i)?, self.hidden_dropout)?;
             x = layer.out_norm.forward(&(o + &x)?, self.train)?;
         }
         x.reshape((b, len, h))
@@ -216,6 +239,8 @@ mod tests {
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 0], [1, 1, 1, 0, 0]], &dev).unwrap();
         let fused = bert.forward(&ids, &mask).unwrap();
         bert.train = true;
+        let (hd, ad) = (bert.hidden_dropout, bert.attention_dropout);
+        (bert.hidden_dropout, bert.attention_dropout) = (0.0, 0.0);
         let plain = bert.forward(&ids, &mask).unwrap();
         let diff = (&fused - &plain)
             .unwrap()
@@ -229,7 +254,23 @@ mod tests {
             diff < 1e-4,
             "fused and differentiable LayerNorm differ by {diff}"
         );
-        let loss = plain.sqr().unwrap().mean_all().unwrap();
+        // With the config's dropout (0.1) the output changes, and gradients still reach all.
+        (bert.hidden_dropout, bert.attention_dropout) = (hd, ad);
+        assert_eq!(hd, 0.1);
+        let dropped = bert.forward(&ids, &mask).unwrap();
+        let max_abs = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(
+            max_abs((&dropped - &plain).unwrap()) > 1e-3,
+            "dropout changed nothing"
+        );
+        let loss = dropped.sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         let vars = varmap.data().lock().unwrap();
         assert_eq!(

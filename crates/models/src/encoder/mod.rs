@@ -12,7 +12,7 @@ pub mod ops;
 use crate::error::{first_line, tok_err, Error, Result};
 pub use bert::{Bert, BertConfig};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationParams};
@@ -83,6 +83,17 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 impl Encoder {
     /// Loads an encoder folder. Missing files are named in the error.
     pub fn load(dir: &Path) -> Result<Encoder> {
+        Ok(Encoder::load_with(dir, false)?.0)
+    }
+
+    /// Loads an encoder whose weights are trainable variables, returned in a `VarMap` (for
+    /// fine-tuning; saving the map writes a checkpoint).
+    pub fn load_trainable(dir: &Path) -> Result<(Encoder, VarMap)> {
+        let (enc, varmap) = Encoder::load_with(dir, true)?;
+        Ok((enc, varmap.expect("trainable load returns its variables")))
+    }
+
+    fn load_with(dir: &Path, trainable: bool) -> Result<(Encoder, Option<VarMap>)> {
         let need = |name: &str| -> Result<PathBuf> {
             let p = dir.join(name);
             if p.is_file() {
@@ -130,20 +141,39 @@ impl Encoder {
             check_safetensors(w)?;
         }
         let device = Device::Cpu;
-        // SAFETY: the files are not modified while mapped (frugal's asset store is read-only use).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &device) }
-            .map_err(|e| {
-                Error::file(
-                    &weights[0],
-                    format!("cannot read weights: {}", first_line(&e)),
-                )
-            })?;
-        let model = Bert::load(vb, &config).map_err(|e| {
+        let bad_weights = |e: candle_core::Error| {
             Error::file(
                 &weights[0],
                 format!("weights do not match config.json: {}", first_line(&e)),
             )
-        })?;
+        };
+        let (model, varmap) = if trainable {
+            if weights.len() != 1 {
+                return Err(Error::file(
+                    dir,
+                    "training needs the weights in one model.safetensors file",
+                ));
+            }
+            // Variables are created (initialised) by the model, then overwritten from the file.
+            let mut varmap = VarMap::new();
+            let model = Bert::load(
+                VarBuilder::from_varmap(&varmap, DType::F32, &device),
+                &config,
+            )
+            .map_err(bad_weights)?;
+            varmap.load(&weights[0]).map_err(bad_weights)?;
+            (model, Some(varmap))
+        } else {
+            // SAFETY: the files are not modified while mapped (frugal's asset store is read-only).
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &device) }
+                .map_err(|e| {
+                    Error::file(
+                        &weights[0],
+                        format!("cannot read weights: {}", first_line(&e)),
+                    )
+                })?;
+            (Bert::load(vb, &config).map_err(bad_weights)?, None)
+        };
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::file(&tok_path, format!("invalid tokenizer: {e}")))?;
         tokenizer.with_padding(None);
@@ -196,7 +226,7 @@ impl Encoder {
             device,
         };
         enc.set_max_len(max_len)?;
-        Ok(enc)
+        Ok((enc, varmap))
     }
 
     /// Output dimension.
