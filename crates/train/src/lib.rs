@@ -1,8 +1,11 @@
-//! frugal's training side. So far: labelled text data sets (the SpamAssassin importer,
-//! deterministic splits, statistics) and classification metrics; the trainer is still to come.
+//! frugal's training side: labelled text data sets (`data`), the one training loop (`trainer`),
+//! text classifiers trained by it in head (transfer) or full (fine-tuning) mode (`classifier`),
+//! and their metrics (`metrics`).
 
+pub mod classifier;
 pub mod data;
 pub mod metrics;
+pub mod trainer;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,14 @@ pub enum Error {
     Data { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Model(#[from] frugal_models::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Error {
+        Error::Model(frugal_models::Error::from(e))
+    }
 }
 
 impl Error {

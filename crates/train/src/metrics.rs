@@ -1,11 +1,11 @@
 //! Classification metrics: accuracy, per-class precision/recall/F1, macro-F1 and the confusion
 //! matrix, as `frugal eval` reports them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Precision, recall, F1 and support of one class.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassScores {
     pub precision: f64,
     pub recall: f64,
@@ -14,7 +14,7 @@ pub struct ClassScores {
 }
 
 /// All metrics of one evaluation. `confusion[i][j]` counts examples of label `i` predicted `j`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub accuracy: f64,
     pub macro_f1: f64,

@@ -1,0 +1,386 @@
+//! Text classifier = pretrained encoder + its pooling + a linear head, trained by the one loop in
+//! `trainer`: `head` mode (transfer learning: the encoder frozen, pooled embeddings computed once
+//! and cached) or `full` mode (fine-tuning: every weight updated).
+//!
+//! Checkpoints are Hugging Face-layout folders (config.json, model.safetensors with the head as
+//! `classifier.weight`/`classifier.bias`, tokenizer.json, the sentence-transformers files) plus
+//! `frugal.json`, written to a temporary folder and renamed into place.
+
+use crate::data::Example;
+use crate::metrics::{evaluate, Metrics};
+use crate::trainer::{fit, FitReport, Progress, Task, TrainConfig};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use frugal_models::encoder::Encoder;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Which weights training updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Transfer learning: only the head.
+    Head,
+    /// Fine-tuning: all weights.
+    Full,
+}
+
+/// `frugal.json`: what a checkpoint is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub labels: Vec<String>,
+    /// The base model it was trained from (as given, and the sha256 of its weights).
+    pub base: String,
+    pub base_weights_sha256: String,
+    pub mode: Mode,
+    pub max_len: usize,
+    pub config: TrainConfig,
+    /// Validation metrics of this checkpoint, when there was validation data.
+    pub metrics: Option<Metrics>,
+    /// sha256 over the training examples (text and label), to tell data sets apart.
+    pub data_fingerprint: String,
+    pub epoch: Option<usize>,
+}
+
+/// Files copied from the base folder so a checkpoint is itself a loadable encoder folder.
+const BASE_FILES: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+];
+
+/// A classifier in memory.
+pub struct Classifier {
+    pub encoder: Encoder,
+    pub varmap: VarMap,
+    pub head: Linear,
+    pub labels: Vec<String>,
+}
+
+impl Classifier {
+    /// A new classifier over `base` (an encoder folder) for `labels`, head freshly initialised.
+    pub fn new(base: &Path, labels: Vec<String>) -> Result<Classifier> {
+        if labels.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "a classifier needs at least 2 labels; the training data has {}",
+                labels.len()
+            )));
+        }
+        let (encoder, varmap) = Encoder::load_trainable(base)?;
+        let head = head(&varmap, encoder.dim(), labels.len())?;
+        Ok(Classifier {
+            encoder,
+            varmap,
+            head,
+            labels,
+        })
+    }
+
+    /// Loads a checkpoint folder written by `save`.
+    pub fn load(dir: &Path) -> Result<(Classifier, CheckpointInfo)> {
+        let info_path = dir.join("frugal.json");
+        let info: CheckpointInfo = serde_json::from_slice(
+            &std::fs::read(&info_path).map_err(|_| {
+                Error::data(&info_path, "missing: this folder is not a frugal checkpoint (train one with `frugal train`)")
+            })?,
+        )
+        .map_err(|e| Error::data(&info_path, format!("unreadable: {e}")))?;
+        let (mut encoder, mut varmap) = Encoder::load_trainable(dir)?;
+        let head = head(&varmap, encoder.dim(), info.labels.len())?;
+        // Now the map holds the head too: load again to fill it from the file.
+        varmap.load(dir.join("model.safetensors")).map_err(|e| {
+            Error::data(
+                dir,
+                format!("the head does not match frugal.json's labels: {e}"),
+            )
+        })?;
+        encoder.set_max_len(info.max_len)?;
+        Ok((
+            Classifier {
+                encoder,
+                varmap,
+                head,
+                labels: info.labels.clone(),
+            },
+            info,
+        ))
+    }
+
+    /// Writes the checkpoint atomically: a temporary folder renamed over `dir`, so an
+    /// interrupted save leaves the previous checkpoint intact.
+    pub fn save(&self, base: &Path, dir: &Path, info: &CheckpointInfo) -> Result<()> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "checkpoint".into());
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::data(parent, format!("cannot create: {e}")))?;
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        for f in BASE_FILES {
+            let (from, to) = (base.join(f), tmp.join(f));
+            if from.is_file() {
+                if let Some(p) = to.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
+                }
+                std::fs::copy(&from, &to).map_err(|e| io(&to, e))?;
+            }
+        }
+        self.varmap.save(tmp.join("model.safetensors"))?;
+        let json = serde_json::to_vec_pretty(info).expect("checkpoint info serialises");
+        std::fs::write(tmp.join("frugal.json"), json).map_err(|e| io(&tmp, e))?;
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Label probabilities for each text (batched, length-sorted).
+    pub fn predict(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
+        let toks = self.encoder.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(toks[i].ids.len()));
+        let mut out = vec![vec![]; texts.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| toks[i].ids.as_slice()).collect();
+            let (ids, mask) = self.encoder.batch_tensors(&ids)?;
+            let logits = self.head.forward(&self.encoder.pooled(&ids, &mask)?)?;
+            let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+            for (&i, p) in chunk.iter().zip(probs) {
+                out[i] = p;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Accuracy, macro-F1, per-class scores and confusion on labelled examples. Labels the
+    /// classifier does not know are an error that names them.
+    pub fn evaluate(&self, examples: &[Example], batch: usize) -> Result<Metrics> {
+        let index: BTreeMap<&str, usize> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
+        let unknown: Vec<&str> = examples
+            .iter()
+            .map(|e| e.label.as_str())
+            .filter(|l| !index.contains_key(l))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the data has labels the model does not know: {} (the model knows: {})",
+                unknown.join(", "),
+                self.labels.join(", ")
+            )));
+        }
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        let probs = self.predict(&texts, batch)?;
+        let pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+        let gold: Vec<usize> = examples.iter().map(|e| index[e.label.as_str()]).collect();
+        Ok(evaluate(&self.labels, &gold, &pred))
+    }
+}
+
+fn head(varmap: &VarMap, dim: usize, n: usize) -> Result<Linear> {
+    let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+    Ok(candle_nn::linear(dim, n, vb.pp("classifier"))?)
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > p[b] { i } else { b })
+}
+
+/// sha256 over the examples' texts and labels.
+pub fn fingerprint(examples: &[Example]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for e in examples {
+        h.update(e.label.as_bytes());
+        h.update([0]);
+        h.update(e.text.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sorted distinct labels of a data set.
+pub fn labels_of(examples: &[Example]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> = examples.iter().map(|e| e.label.as_str()).collect();
+    set.into_iter().map(String::from).collect()
+}
+
+/// Everything a training run needs.
+pub struct TrainSpec<'a> {
+    pub base: &'a Path,
+    pub base_name: String,
+    pub train: &'a [Example],
+    pub valid: Option<&'a [Example]>,
+    pub mode: Mode,
+    pub max_len: Option<usize>,
+    pub config: TrainConfig,
+    pub out: &'a Path,
+}
+
+/// The classification task for the loop: tokens (full mode) or cached embeddings (head mode).
+struct ClassifyTask<'a> {
+    clf: Classifier,
+    spec: &'a TrainSpec<'a>,
+    targets: Vec<u32>,
+    /// Head mode: pooled embeddings of the training texts, computed once.
+    cached: Option<Tensor>,
+    /// Full mode: token ids of the training texts.
+    tokens: Vec<Vec<u32>>,
+    info: CheckpointInfo,
+    last_metrics: Option<Metrics>,
+}
+
+impl Task for ClassifyTask<'_> {
+    fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
+        let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+        let target = Tensor::new(
+            batch.iter().map(|&i| self.targets[i]).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )?;
+        let pooled = match &self.cached {
+            Some(emb) => emb.index_select(&Tensor::new(idx, &Device::Cpu)?, 0)?,
+            None => {
+                let ids: Vec<&[u32]> = batch.iter().map(|&i| self.tokens[i].as_slice()).collect();
+                let (ids, mask) = self.clf.encoder.batch_tensors(&ids).map_err(to_candle)?;
+                self.clf.encoder.pooled(&ids, &mask).map_err(to_candle)?
+            }
+        };
+        let logits = self.clf.head.forward(&pooled)?;
+        candle_nn::loss::cross_entropy(&logits, &target)
+    }
+
+    fn validate(&mut self) -> Result<Option<f64>> {
+        let Some(valid) = self.spec.valid else {
+            return Ok(None);
+        };
+        self.clf.encoder.model.train = false;
+        let m = self.clf.evaluate(valid, 32);
+        self.clf.encoder.model.train = self.spec.mode == Mode::Full;
+        let m = m?;
+        let score = m.macro_f1;
+        self.last_metrics = Some(m);
+        Ok(Some(score))
+    }
+
+    fn on_best(&mut self, epoch: usize, _score: Option<f64>) -> Result<()> {
+        self.info.metrics = self.last_metrics.clone();
+        self.info.epoch = Some(epoch);
+        self.clf.save(self.spec.base, self.spec.out, &self.info)
+    }
+}
+
+fn to_candle(e: frugal_models::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Trains a classifier and keeps the best checkpoint (by validation macro-F1) in `spec.out`.
+pub fn train(
+    spec: &TrainSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(FitReport, CheckpointInfo)> {
+    let labels = labels_of(spec.train);
+    let mut clf = Classifier::new(spec.base, labels.clone())?;
+    if let Some(m) = spec.max_len {
+        clf.encoder.set_max_len(m)?;
+    }
+    if let Some(valid) = spec.valid {
+        let known: std::collections::BTreeSet<&str> = labels.iter().map(String::as_str).collect();
+        if let Some(e) = valid.iter().find(|e| !known.contains(e.label.as_str())) {
+            return Err(Error::Invalid(format!(
+                "validation label '{}' does not occur in the training data (labels: {})",
+                e.label,
+                labels.join(", ")
+            )));
+        }
+    }
+    let index: BTreeMap<&str, u32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as u32))
+        .collect();
+    let targets: Vec<u32> = spec.train.iter().map(|e| index[e.label.as_str()]).collect();
+    let texts: Vec<&str> = spec.train.iter().map(|e| e.text.as_str()).collect();
+    let (cached, tokens) = match spec.mode {
+        Mode::Head => {
+            let emb = clf.encoder.embed(&texts, 32, &mut |_| {})?;
+            let flat: Vec<f32> = emb.vectors.into_iter().flatten().collect();
+            (
+                Some(Tensor::from_vec(
+                    flat,
+                    (texts.len(), clf.encoder.dim()),
+                    &Device::Cpu,
+                )?),
+                vec![],
+            )
+        }
+        Mode::Full => (
+            None,
+            clf.encoder
+                .tokenize(&texts)?
+                .into_iter()
+                .map(|t| t.ids)
+                .collect(),
+        ),
+    };
+    let vars = match spec.mode {
+        Mode::Head => {
+            let map = clf.varmap.data().lock().expect("varmap lock");
+            vec![
+                map["classifier.weight"].clone(),
+                map["classifier.bias"].clone(),
+            ]
+        }
+        Mode::Full => clf.varmap.all_vars(),
+    };
+    clf.encoder.model.train = spec.mode == Mode::Full;
+    let info = CheckpointInfo {
+        labels,
+        base: spec.base_name.clone(),
+        base_weights_sha256: frugal_models::assets::sha256_file(
+            &spec.base.join("model.safetensors"),
+        )?,
+        mode: spec.mode,
+        max_len: clf.encoder.max_len(),
+        config: spec.config.clone(),
+        metrics: None,
+        data_fingerprint: fingerprint(spec.train),
+        epoch: None,
+    };
+    let mut task = ClassifyTask {
+        clf,
+        spec,
+        targets,
+        cached,
+        tokens,
+        info,
+        last_metrics: None,
+    };
+    let report = fit(&mut task, vars, &spec.config, progress)?;
+    Ok((report, task.info))
+}

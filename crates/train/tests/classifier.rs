@@ -1,0 +1,186 @@
+//! Training, checkpointing and evaluating classifiers: fast on a tiny random BERT that uses
+//! MiniLM's real tokenizer, and in head mode on the real MiniLM.
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use frugal_models::assets::Store;
+use frugal_models::encoder::{Bert, BertConfig};
+use frugal_train::classifier::{train, Classifier, Mode, TrainSpec};
+use frugal_train::data::Example;
+use frugal_train::trainer::TrainConfig;
+use std::path::{Path, PathBuf};
+
+/// A tiny randomly initialised BERT folder with MiniLM's tokenizer and pooling files.
+fn tiny_base(dir: &Path) -> PathBuf {
+    let real = Store::from_env().ensure("minilm").unwrap();
+    let base = dir.join("tiny-bert");
+    std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
+    for f in [
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(real.join(f), base.join(f)).unwrap();
+    }
+    let config = r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 512, "hidden_act": "gelu"}"#;
+    std::fs::write(base.join("config.json"), config).unwrap();
+    let cfg: BertConfig = serde_json::from_str(config).unwrap();
+    let varmap = VarMap::new();
+    Bert::load(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
+    varmap.save(base.join("model.safetensors")).unwrap();
+    base
+}
+
+fn ex(text: &str, label: &str) -> Example {
+    Example {
+        text: text.into(),
+        label: label.into(),
+    }
+}
+
+/// A separable toy task: fruit versus vehicles.
+fn toy() -> (Vec<Example>, Vec<Example>) {
+    let fruit = [
+        "apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon",
+    ];
+    let cars = [
+        "truck", "car", "bus", "train", "tram", "bicycle", "van", "taxi", "lorry", "scooter",
+    ];
+    let mut train = vec![];
+    for (i, (f, c)) in fruit.iter().zip(&cars).enumerate() {
+        for t in [
+            format!("I ate a {f} today"),
+            format!("the {f} was sweet {i}"),
+        ] {
+            train.push(ex(&t, "fruit"));
+        }
+        for t in [
+            format!("I drove the {c} today"),
+            format!("the {c} was fast {i}"),
+        ] {
+            train.push(ex(&t, "vehicle"));
+        }
+    }
+    let valid = vec![
+        ex("a ripe peach", "fruit"),
+        ex("a red bus", "vehicle"),
+        ex("fresh lemon", "fruit"),
+        ex("the old van", "vehicle"),
+    ];
+    (train, valid)
+}
+
+#[test]
+fn full_fine_tuning_learns_saves_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (train_set, valid) = toy();
+    let out = dir.path().join("ckpt");
+    let config = TrainConfig {
+        epochs: 8,
+        lr: 3e-3,
+        batch: 8,
+        patience: 0,
+        ..Default::default()
+    };
+    let spec = TrainSpec {
+        base: &base,
+        base_name: "tiny".into(),
+        train: &train_set,
+        valid: Some(&valid),
+        mode: Mode::Full,
+        max_len: Some(32),
+        config,
+        out: &out,
+    };
+    let mut losses = vec![];
+    let (report, _) = train(&spec, &mut |p| losses.push(p.loss)).unwrap();
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < first * 0.5, "loss should fall: {first} -> {last}");
+    assert!(out.join("frugal.json").is_file() && out.join("model.safetensors").is_file());
+    // The reloaded best checkpoint scores what training recorded for it.
+    let (clf, info) = Classifier::load(&out).unwrap();
+    assert_eq!(info.labels, ["fruit", "vehicle"]);
+    let m = clf.evaluate(&valid, 4).unwrap();
+    assert_eq!(Some(m.macro_f1), report.best_score);
+    let train_m = clf.evaluate(&train_set, 8).unwrap();
+    assert!(train_m.accuracy >= 0.9, "{}", train_m.accuracy);
+    // Unknown labels at evaluation are named.
+    let e = clf
+        .evaluate(&[ex("a boat", "vessel")], 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("vessel") && e.contains("fruit"), "{e}");
+}
+
+#[test]
+fn a_single_class_and_unknown_validation_labels_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let one = vec![ex("a", "x"), ex("b", "x")];
+    let out = dir.path().join("o");
+    let spec = TrainSpec {
+        base: &base,
+        base_name: "t".into(),
+        train: &one,
+        valid: None,
+        mode: Mode::Head,
+        max_len: None,
+        config: TrainConfig::default(),
+        out: &out,
+    };
+    let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("at least 2 labels"), "{e}");
+    let (t, _) = toy();
+    let v = vec![ex("?", "other")];
+    let spec = TrainSpec {
+        train: &t,
+        valid: Some(&v),
+        ..spec
+    };
+    let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("'other'"), "{e}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn transfer_learning_on_real_minilm_separates_the_toy_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Store::from_env().ensure("minilm").unwrap();
+    let (train_set, valid) = toy();
+    let out = dir.path().join("head");
+    let config = TrainConfig {
+        epochs: 30,
+        lr: 1e-2,
+        batch: 8,
+        weight_decay: 0.0,
+        patience: 0,
+        ..Default::default()
+    };
+    let spec = TrainSpec {
+        base: &base,
+        base_name: "minilm".into(),
+        train: &train_set,
+        valid: Some(&valid),
+        mode: Mode::Head,
+        max_len: None,
+        config,
+        out: &out,
+    };
+    let (report, info) = train(&spec, &mut |_| {}).unwrap();
+    assert_eq!(report.best_score, Some(1.0), "{:?}", report.history);
+    assert_eq!(info.metrics.unwrap().accuracy, 1.0);
+    let (clf, _) = Classifier::load(&out).unwrap();
+    let p = clf
+        .predict(&["a bowl of cherries", "a yellow taxi"], 2)
+        .unwrap();
+    assert!(p[0][0] > 0.5 && p[1][1] > 0.5, "{p:?}");
+}
