@@ -16,6 +16,26 @@ pub enum BenchCmd {
     Embed(EmbedBench),
     /// Generation speed: prompt processing and greedy decoding, best of --repeats runs.
     Generate(GenerateBench),
+    /// Full fine-tuning throughput (forward + backward + AdamW step), the PyTorch anchor's
+    /// workload: SpamAssassin training texts in batches padded to exactly --max-len tokens.
+    Train(TrainBench),
+}
+
+#[derive(Args)]
+pub struct TrainBench {
+    #[arg(long, default_value = "minilm")]
+    base: String,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..=512))]
+    max_len: u32,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    steps: u32,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -57,6 +77,7 @@ pub fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<()> {
     match cmd {
         BenchCmd::Embed(a) => embed(a, ctx),
         BenchCmd::Generate(a) => generate(a, ctx),
+        BenchCmd::Train(a) => train(a, ctx),
     }
 }
 
@@ -152,4 +173,121 @@ fn generate(a: GenerateBench, ctx: &Ctx) -> Result<()> {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// Fixed batches of token ids padded to exactly `len`, as the anchor feeds PyTorch.
+struct BenchTask {
+    clf: frugal_train::classifier::Classifier,
+    ids: Vec<Vec<u32>>,
+    labels: Vec<u32>,
+    len: usize,
+}
+
+impl frugal_train::trainer::Task for BenchTask {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn loss(&mut self, batch: &[usize]) -> candle_core::Result<candle_core::Tensor> {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let mut ids = Vec::with_capacity(batch.len() * self.len);
+        let mut mask = Vec::with_capacity(batch.len() * self.len);
+        for &i in batch {
+            let t = &self.ids[i];
+            ids.extend(t.iter().copied().chain(std::iter::repeat(0)).take(self.len));
+            mask.extend((0..self.len).map(|k| u32::from(k < t.len())));
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), self.len), &dev)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), self.len), &dev)?;
+        let pooled = self
+            .clf
+            .encoder
+            .pooled(&ids, &mask)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let logits = candle_nn::Module::forward(&self.clf.head, &pooled)?;
+        let target = Tensor::new(
+            batch.iter().map(|&i| self.labels[i]).collect::<Vec<_>>(),
+            &dev,
+        )?;
+        candle_nn::loss::cross_entropy(&logits, &target)
+    }
+    fn validate(&mut self) -> frugal_train::Result<Option<f64>> {
+        Ok(None)
+    }
+    fn on_best(&mut self, _: usize, _: Option<f64>) -> frugal_train::Result<()> {
+        Ok(())
+    }
+}
+
+fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
+    use frugal_models::resolve::{resolve_model, ModelPath};
+    let base = match resolve_model(&a.base, &crate::io::store(ctx.quiet))? {
+        ModelPath::HfDir(d) => d,
+        ModelPath::Gguf(p) => anyhow::bail!("--base {}: train needs an encoder", p.display()),
+    };
+    let dir = crate::io::store(ctx.quiet).ensure("spamassassin")?;
+    let split = frugal_train::data::anchor_split(
+        frugal_train::data::spamassassin(&dir)?
+            .into_iter()
+            .map(|c| c.2)
+            .collect(),
+    );
+    let n = (a.batch * (a.warmup + a.steps)) as usize;
+    let data: Vec<_> = split.train.into_iter().take(n).collect();
+    let mut clf =
+        frugal_train::classifier::Classifier::new(&base, vec!["ham".into(), "spam".into()])?;
+    clf.encoder
+        .set_max_len(a.max_len as usize)
+        .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
+    let texts: Vec<&str> = data.iter().map(|e| e.text.as_str()).collect();
+    let ids = clf
+        .encoder
+        .tokenize(&texts)?
+        .into_iter()
+        .map(|t| t.ids)
+        .collect();
+    let labels = data.iter().map(|e| u32::from(e.label == "spam")).collect();
+    clf.encoder.model.train = true;
+    let vars = clf.varmap.all_vars();
+    let mut task = BenchTask {
+        clf,
+        ids,
+        labels,
+        len: a.max_len as usize,
+    };
+    let config = frugal_train::trainer::TrainConfig {
+        epochs: 1,
+        lr: 2e-5,
+        batch: a.batch as usize,
+        accum: 1,
+        weight_decay: 0.01,
+        warmup: 0.0,
+        clip: 0.0,
+        seed: 0,
+        patience: 0,
+    };
+    let mut t_start = None;
+    let mut t_end = std::time::Instant::now();
+    let warm = a.warmup as usize;
+    frugal_train::trainer::fit(&mut task, vars, &config, &mut |p| {
+        if p.step == warm {
+            t_start = Some(std::time::Instant::now());
+        }
+        t_end = std::time::Instant::now();
+    })?;
+    let timed = (t_end - t_start.unwrap_or(t_end)).as_secs_f64();
+    let examples = (a.steps * a.batch) as f64;
+    print(
+        a.json,
+        serde_json::json!({
+            "examples_per_s": round1(examples / timed.max(1e-9)),
+            "step_s": round3(timed / a.steps as f64),
+            "peak_rss_mb": round1(peak_rss_mb()),
+            "threads": ctx.threads,
+            "batch": a.batch,
+            "max_len": a.max_len,
+            "steps": a.steps,
+        }),
+    );
+    Ok(())
 }

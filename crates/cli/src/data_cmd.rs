@@ -28,7 +28,7 @@ pub struct FieldArgs {
 }
 
 impl FieldArgs {
-    fn fields(&self) -> Fields {
+    pub fn fields(&self) -> Fields {
         Fields {
             text: self.text_field.clone(),
             label: self.label_field.clone(),
@@ -67,7 +67,7 @@ pub struct StatsArgs {
 }
 
 /// Examples of a source: the built-in corpus by name, else a file.
-fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Example>> {
+pub fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Example>> {
     if source == "spamassassin" {
         let dir = store(quiet).ensure("spamassassin")?;
         return Ok(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());

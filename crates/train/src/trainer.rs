@@ -51,6 +51,10 @@ impl Default for TrainConfig {
 pub trait Task {
     /// Training examples.
     fn len(&self) -> usize;
+    /// True without training examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Mean loss of the examples `batch` (indices), with the graph for backward.
     fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor>;
     /// Validation score, higher is better (macro-F1 for classifiers); `None` without
@@ -100,7 +104,7 @@ fn check(cfg: &TrainConfig, n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::Invalid("no training examples".into()));
     }
-    if cfg.epochs == 0 || cfg.batch == 0 || cfg.accum == 0 || cfg.batch % cfg.accum != 0 {
+    if cfg.epochs == 0 || cfg.batch == 0 || cfg.accum == 0 || !cfg.batch.is_multiple_of(cfg.accum) {
         return Err(Error::Invalid(
             "epochs and batch must be at least 1, and batch a multiple of accum".into(),
         ));

@@ -154,7 +154,7 @@ impl Bert {
     /// Dropout with probability `p` while training; the identity otherwise.
     fn drop(&self, x: Tensor, p: f32) -> candle_core::Result<Tensor> {
         if self.train && p > 0.0 {
-            candle_nn::ops::dropout(&x, p)
+            super::ops::dropout(&x, p)
         } else {
             Ok(x)
         }
@@ -197,7 +197,7 @@ impl Bert {
             // candle's fused softmax has no backward pass (the graph would be cut before Q and
             // K); training takes the generic one.
             let probs = if self.train {
-                candle_nn::ops::softmax(&scores, D::Minus1)?
+                super::ops::softmax_last_dim(&scores)?
             } else {
                 candle_nn::ops::softmax_last_dim(&scores)?
             };

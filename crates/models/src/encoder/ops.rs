@@ -166,3 +166,175 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }
+
+/// A 64-bit mix (splitmix64's finaliser): the dropout mask is a pure function of (seed, index),
+/// so backward regenerates it instead of keeping it in memory.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[derive(Clone)]
+struct Dropout {
+    threshold: u32,
+    scale: f32,
+    seed: u64,
+}
+
+impl Dropout {
+    fn apply(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let data = s.as_slice::<f32>()?;
+        let data = match l.contiguous_offsets() {
+            Some((a, b)) => &data[a..b],
+            None => candle_core::bail!("dropout: input must be contiguous"),
+        };
+        let mut out = vec![0f32; data.len()];
+        let seed = mix(self.seed);
+        out.par_chunks_mut(16 * 1024)
+            .zip(data.par_chunks(16 * 1024))
+            .enumerate()
+            .for_each(|(c, (o, x))| {
+                let base = (c * 16 * 1024) as u64;
+                for (j, (o, &v)) in o.iter_mut().zip(x).enumerate() {
+                    let keep = (mix(seed ^ (base + j as u64)) >> 32) as u32 >= self.threshold;
+                    *o = if keep { v * self.scale } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "frugal-dropout"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.apply(s, l)
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // The same mask and scale, regenerated from the seed.
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+static DROPOUT_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Inverted dropout with probability `p`, differentiable, keeping no mask in memory (candle's
+/// `ops::dropout` stores a full f32 mask and a random tensor per call).
+pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+    }
+    let call = DROPOUT_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let op = Dropout {
+        threshold: (p as f64 * u32::MAX as f64) as u32,
+        scale: 1.0 / (1.0 - p),
+        seed: call.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "frugal-softmax-last-dim"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let data = s.as_slice::<f32>()?;
+        let data = match l.contiguous_offsets() {
+            Some((a, b)) => &data[a..b],
+            None => candle_core::bail!("softmax: input must be contiguous"),
+        };
+        let dim = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; data.len()];
+        out.par_chunks_mut(dim)
+            .zip(data.par_chunks(dim))
+            .for_each(|(o, x)| {
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0.0;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y ⊙ (g − Σ g⊙y), the sum over the last dimension.
+        let gy = (grad_res * res)?;
+        let s = gy.sum_keepdim(candle_core::D::Minus1)?;
+        Ok(Some(res.mul(&grad_res.broadcast_sub(&s)?)?))
+    }
+}
+
+/// Softmax over the last dimension, differentiable (candle's fused one has no backward pass).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxLastDim)
+}
+
+#[cfg(test)]
+mod train_op_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn dropout_keeps_about_1_minus_p_scaled_and_backward_uses_the_same_mask() {
+        let x = Var::new(vec![1f32; 100_000].as_slice(), &Device::Cpu).unwrap();
+        let y = dropout(x.as_tensor(), 0.1).unwrap();
+        let v = y.to_vec1::<f32>().unwrap();
+        let kept = v.iter().filter(|&&a| a != 0.0).count() as f64 / v.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "{kept}");
+        assert!(v.iter().all(|&a| a == 0.0 || (a - 1.0 / 0.9).abs() < 1e-6));
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gx, v, "gradient of sum(dropout(1)) is the mask itself");
+        let again = dropout(x.as_tensor(), 0.1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_ne!(again, v, "each call draws a new mask");
+    }
+
+    #[test]
+    fn softmax_matches_candle_and_its_gradient_matches_the_generic_one() {
+        let xs: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let x = Var::from_vec(xs, (4, 6), &Device::Cpu).unwrap();
+        let ours = softmax_last_dim(x.as_tensor()).unwrap();
+        let theirs = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap();
+        let w = Tensor::from_vec(
+            (0..24).map(|i| i as f32 / 10.0).collect::<Vec<_>>(),
+            (4, 6),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(d(&ours, &theirs) < 1e-6);
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            d(
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap()
+            ) < 1e-6
+        );
+    }
+}

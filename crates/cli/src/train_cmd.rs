@@ -1,0 +1,262 @@
+//! `frugal train`, `frugal eval`, `frugal predict`: text classifiers from a pretrained encoder,
+//! by transfer learning (`--mode head`) or full fine-tuning (`--mode full`).
+
+use crate::data_cmd::{examples, FieldArgs};
+use crate::io::{progress, store};
+use crate::Ctx;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use frugal_models::resolve::{resolve_model, ModelPath};
+use frugal_train::classifier::{train, Classifier, Mode, TrainSpec};
+use frugal_train::data::{anchor_split, spamassassin, Example};
+use frugal_train::trainer::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Head,
+    Full,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The pretrained encoder: asset name or Hugging Face folder.
+    #[arg(long, default_value = "minilm")]
+    base: String,
+    /// Training data: `spamassassin` (its train split) or a .jsonl/.csv/.tsv file.
+    #[arg(long)]
+    data: String,
+    /// Validation data (default for spamassassin: its validation split; else none).
+    #[arg(long)]
+    valid: Option<String>,
+    /// head: train only a new classification head on frozen embeddings (transfer learning);
+    /// full: update every weight (fine-tuning).
+    #[arg(long, value_enum, default_value = "head")]
+    mode: ModeArg,
+    /// Checkpoint folder (the best epoch by validation macro-F1 is kept).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    epochs: Option<u32>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    accum: u32,
+    /// Truncate texts to this many tokens (default 128; at most the model's limit).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..=8192))]
+    max_len: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many epochs without a better validation macro-F1 (0: never).
+    #[arg(long, default_value_t = 2)]
+    patience: u32,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    fields: FieldArgs,
+}
+
+/// Training (and optionally validation) examples of a source name or file.
+fn load_sets(
+    data: &str,
+    valid: Option<&str>,
+    fields: &FieldArgs,
+    quiet: bool,
+) -> Result<(Vec<Example>, Option<Vec<Example>>)> {
+    if data == "spamassassin" {
+        let dir = store(quiet).ensure("spamassassin")?;
+        let s = anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());
+        let v = match valid {
+            Some(v) => Some(examples(v, &fields.fields(), quiet)?),
+            None => Some(s.valid),
+        };
+        return Ok((s.train, v));
+    }
+    let train = examples(data, &fields.fields(), quiet)?;
+    let v = valid
+        .map(|v| examples(v, &fields.fields(), quiet))
+        .transpose()?;
+    Ok((train, v))
+}
+
+/// Evaluation examples: `spamassassin` means its test split.
+fn load_eval(data: &str, fields: &FieldArgs, quiet: bool) -> Result<Vec<Example>> {
+    if data == "spamassassin" {
+        let dir = store(quiet).ensure("spamassassin")?;
+        return Ok(anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect()).test);
+    }
+    examples(data, &fields.fields(), quiet)
+}
+
+pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
+    let base = match resolve_model(&a.base, &store(ctx.quiet))? {
+        ModelPath::HfDir(d) => d,
+        ModelPath::Gguf(p) => bail!(
+            "--base {}: a GGUF chat model; train needs an encoder folder or asset (minilm)",
+            p.display()
+        ),
+    };
+    let (train_set, valid) = load_sets(&a.data, a.valid.as_deref(), &a.fields, ctx.quiet)?;
+    let mode = match a.mode {
+        ModeArg::Head => Mode::Head,
+        ModeArg::Full => Mode::Full,
+    };
+    let config = TrainConfig {
+        epochs: a
+            .epochs
+            .map_or(if mode == Mode::Head { 20 } else { 3 }, |e| e as usize),
+        lr: a.lr.unwrap_or(if mode == Mode::Head { 1e-2 } else { 5e-5 }),
+        batch: a.batch as usize,
+        accum: a.accum as usize,
+        seed: a.seed,
+        patience: a.patience as usize,
+        weight_decay: if mode == Mode::Head { 0.0 } else { 0.01 },
+        ..Default::default()
+    };
+    let spec = TrainSpec {
+        base: &base,
+        base_name: a.base.clone(),
+        train: &train_set,
+        valid: valid.as_deref(),
+        mode,
+        max_len: Some(a.max_len as usize),
+        config: config.clone(),
+        out: &a.out,
+    };
+    let steps = train_set.len().div_ceil(config.batch) * config.epochs;
+    let pb = progress(steps as u64, ctx.quiet, "training");
+    let (report, info) = train(&spec, &mut |p| {
+        pb.set_position(p.step as u64);
+        pb.set_message(format!(
+            "epoch {} loss {:.4} {:.1} ex/s",
+            p.epoch + 1,
+            p.loss,
+            p.examples_per_s
+        ));
+    })?;
+    pb.finish_and_clear();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"report": report, "checkpoint": a.out, "info": info})
+        );
+    } else {
+        println!(
+            "trained {} examples, {} epochs, {} steps in {:.1} s ({:.1} examples/s); final loss {:.4}",
+            train_set.len(),
+            report.epochs_run,
+            report.steps,
+            report.seconds,
+            report.examples_per_s,
+            report.final_loss
+        );
+        match (report.best_epoch, report.best_score) {
+            (Some(e), Some(s)) => println!(
+                "best validation macro-F1 {s:.4} at epoch {}; checkpoint {}",
+                e + 1,
+                a.out.display()
+            ),
+            _ => println!("checkpoint {}", a.out.display()),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder written by `frugal train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// `spamassassin` (its test split) or a .jsonl/.csv/.tsv file.
+    #[arg(long)]
+    data: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    fields: FieldArgs,
+}
+
+pub fn eval_cmd(a: EvalArgs, ctx: &Ctx) -> Result<()> {
+    let (clf, _) =
+        Classifier::load(&a.model).with_context(|| format!("--model {}", a.model.display()))?;
+    let data = load_eval(&a.data, &a.fields, ctx.quiet)?;
+    let m = clf.evaluate(&data, 32)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    println!(
+        "{} examples: accuracy {:.4}, macro-F1 {:.4}",
+        data.len(),
+        m.accuracy,
+        m.macro_f1
+    );
+    let mut t = crate::io::table(["label", "precision", "recall", "f1", "support"]);
+    for (label, s) in &m.per_class {
+        t.add_row([
+            label.clone(),
+            format!("{:.4}", s.precision),
+            format!("{:.4}", s.recall),
+            format!("{:.4}", s.f1),
+            s.support.to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "confusion (rows: true {:?}, columns: predicted): {:?}",
+        m.labels, m.confusion
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Texts; without them (and without --input), one per line of stdin.
+    texts: Vec<String>,
+    /// A file of one text per line.
+    #[arg(long, conflicts_with = "texts")]
+    input: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn predict_cmd(a: PredictArgs, _ctx: &Ctx) -> Result<()> {
+    let (clf, _) =
+        Classifier::load(&a.model).with_context(|| format!("--model {}", a.model.display()))?;
+    let texts = match &a.input {
+        Some(p) => crate::io::lines_of(p)?,
+        None => crate::io::texts_from(a.texts)?,
+    };
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        bail!("text {} is empty; give some text to classify", i + 1);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let probs = clf.predict(&refs, 32)?;
+    for (t, p) in texts.iter().zip(probs) {
+        let best = p
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
+        if a.json {
+            let probs: serde_json::Map<String, serde_json::Value> = clf
+                .labels
+                .iter()
+                .zip(&p)
+                .map(|(l, v)| (l.clone(), serde_json::json!(v)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"text": t, "label": clf.labels[best], "probabilities": probs})
+            );
+        } else {
+            let shown: String = t.chars().take(60).collect();
+            println!("{}\t{:.3}\t{shown}", clf.labels[best], p[best]);
+        }
+    }
+    Ok(())
+}
