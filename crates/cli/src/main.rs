@@ -16,12 +16,6 @@ mod train_cmd;
 
 use clap::{Args, Parser, Subcommand};
 
-/// mimalloc reuses large freed blocks across threads instead of unmapping them: training
-/// allocates and frees the same big tensors every step, and glibc's malloc spent a third of the
-/// time in page faults and TLB shootdowns.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// frugal — cheap language-model work, measured.
 #[derive(Parser)]
 #[command(name = "frugal", version, propagate_version = true)]

@@ -70,3 +70,116 @@ fn prepare_splits_spamassassin_like_the_anchors_and_files_by_label() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("'text'") && e.contains("body, topic"), "{e}");
 }
+
+#[test]
+fn train_eval_predict_round_trip_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t.jsonl");
+    let mut lines = String::new();
+    for w in [
+        "apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear",
+    ] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I ate a {w}\", \"label\": \"fruit\"}}\n"
+        ));
+    }
+    for w in [
+        "truck", "car", "bus", "train", "tram", "bicycle", "van", "taxi",
+    ] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I drove the {w}\", \"label\": \"vehicle\"}}\n"
+        ));
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.path().join("ckpt");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let r = frugal()
+        .args([
+            "-q",
+            "train",
+            "--data",
+            d,
+            "--valid",
+            d,
+            "--mode",
+            "head",
+            "--out",
+            o,
+            "--epochs",
+            "30",
+            "--lr",
+            "0.01",
+            "--batch",
+            "4",
+            "--patience",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = frugal()
+        .args(["eval", "--model", o, "--data", d, "--json"])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["accuracy"], 1.0, "{m}");
+    assert_eq!(m["labels"], serde_json::json!(["fruit", "vehicle"]));
+    assert_eq!(m["per_class"]["fruit"]["support"], 8);
+    let r = frugal()
+        .args(["predict", "--model", o, "--json", "a bowl of cherries"])
+        .output()
+        .unwrap();
+    let p: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(p["label"], "fruit");
+    // Bad input.
+    let fails = |args: &[&str], needles: &[&str]| {
+        let r = frugal().args(args).output().unwrap();
+        assert!(!r.status.success());
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(!e.contains("panicked"), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "'{n}' not in {e}");
+        }
+    };
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(
+        &one,
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": \"x\"}\n",
+    )
+    .unwrap();
+    let o2 = dir.path().join("o2");
+    fails(
+        &[
+            "train",
+            "--data",
+            one.to_str().unwrap(),
+            "--out",
+            o2.to_str().unwrap(),
+        ],
+        &["at least 2 labels"],
+    );
+    assert!(!o2.exists());
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{\"text\": \"a boat\", \"label\": \"vessel\"}\n").unwrap();
+    fails(
+        &["eval", "--model", o, "--data", other.to_str().unwrap()],
+        &["vessel", "fruit"],
+    );
+    fails(&["predict", "--model", o, " "], &["empty"]);
+    fails(
+        &[
+            "train",
+            "--data",
+            d,
+            "--out",
+            o2.to_str().unwrap(),
+            "--max-len",
+            "2000",
+        ],
+        &["max length", "512"],
+    );
+    fails(
+        &["eval", "--model", dir.path().to_str().unwrap(), "--data", d],
+        &["frugal.json"],
+    );
+}
