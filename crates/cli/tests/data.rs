@@ -126,11 +126,13 @@ fn train_eval_predict_round_trip_and_bad_input() {
     assert_eq!(m["labels"], serde_json::json!(["fruit", "vehicle"]));
     assert_eq!(m["per_class"]["fruit"]["support"], 8);
     let r = frugal()
-        .args(["predict", "--model", o, "--json", "a bowl of cherries"])
+        .args(["predict", "--model", o, "--json", "I ate a mango"])
         .output()
         .unwrap();
     let p: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    // A training text, which `eval` just scored correctly: predict must agree with it.
     assert_eq!(p["label"], "fruit");
+    assert!(p["probabilities"]["fruit"].as_f64().unwrap() > 0.5);
     // Bad input.
     let fails = |args: &[&str], needles: &[&str]| {
         let r = frugal().args(args).output().unwrap();
