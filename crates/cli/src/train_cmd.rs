@@ -238,10 +238,7 @@ pub fn predict_cmd(a: PredictArgs, _ctx: &Ctx) -> Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let probs = clf.predict(&refs, 32)?;
     for (t, p) in texts.iter().zip(probs) {
-        let best = p
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
+        let best = frugal_models::chat::sampling::argmax(&p) as usize;
         if a.json {
             let probs: serde_json::Map<String, serde_json::Value> = clf
                 .labels

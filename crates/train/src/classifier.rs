@@ -12,6 +12,7 @@ use crate::trainer::{fit, FitReport, Progress, Task, TrainConfig};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use frugal_models::chat::sampling::argmax;
 use frugal_models::encoder::Encoder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -191,7 +192,7 @@ impl Classifier {
         }
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let probs = self.predict(&texts, batch)?;
-        let pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+        let pred: Vec<usize> = probs.iter().map(|p| argmax(p) as usize).collect();
         let gold: Vec<usize> = examples.iter().map(|e| index[e.label.as_str()]).collect();
         Ok(evaluate(&self.labels, &gold, &pred))
     }
@@ -200,12 +201,6 @@ impl Classifier {
 fn head(varmap: &VarMap, dim: usize, n: usize) -> Result<Linear> {
     let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
     Ok(candle_nn::linear(dim, n, vb.pp("classifier"))?)
-}
-
-fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > p[b] { i } else { b })
 }
 
 /// sha256 over the examples' texts and labels.
