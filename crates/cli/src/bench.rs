@@ -235,7 +235,7 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
     let n = (a.batch * (a.warmup + a.steps)) as usize;
     let data: Vec<_> = split.train.into_iter().take(n).collect();
     let mut clf =
-        frugal_train::classifier::Classifier::new(&base, vec!["ham".into(), "spam".into()])?;
+        frugal_train::classifier::Classifier::new(&base, vec!["ham".into(), "spam".into()], 0)?;
     clf.encoder
         .set_max_len(a.max_len as usize)
         .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
@@ -248,7 +248,7 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
         .collect();
     let labels = data.iter().map(|e| u32::from(e.label == "spam")).collect();
     clf.encoder.model.train = true;
-    let vars = clf.varmap.all_vars();
+    let vars = clf.trained_vars(frugal_train::classifier::Mode::Full);
     let mut task = BenchTask {
         clf,
         ids,
@@ -269,7 +269,8 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
     let mut t_start = None;
     let mut t_end = std::time::Instant::now();
     let warm = a.warmup as usize;
-    frugal_train::trainer::fit(&mut task, vars, &config, &mut |p| {
+    let control = frugal_train::trainer::Control::default();
+    frugal_train::trainer::fit(&mut task, vars, &config, &control, &mut |p| {
         if p.step == warm {
             t_start = Some(std::time::Instant::now());
         }

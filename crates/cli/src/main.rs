@@ -184,7 +184,14 @@ fn main() {
             std::process::exit(0);
         }
         eprintln!("frugal: error: {e:#}");
-        std::process::exit(1);
+        // Stopped by Ctrl-C: the shell's convention for SIGINT.
+        let interrupted = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<frugal_train::Error>(),
+                Some(frugal_train::Error::Interrupted(_))
+            )
+        });
+        std::process::exit(if interrupted { 130 } else { 1 });
     }
 }
 

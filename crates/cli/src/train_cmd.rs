@@ -11,6 +11,7 @@ use frugal_train::classifier::{train, Classifier, Mode, TrainSpec};
 use frugal_train::data::{anchor_split, spamassassin, Example};
 use frugal_train::trainer::TrainConfig;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -53,11 +54,22 @@ pub struct TrainArgs {
     /// Stop after this many epochs without a better validation macro-F1 (0: never).
     #[arg(long, default_value_t = 2)]
     patience: u32,
+    /// Continue an interrupted run (Ctrl-C, a crash) from the state it saved in `OUT.resume`;
+    /// the other flags and the data must be the same as the interrupted run's.
+    #[arg(long)]
+    resume: bool,
+    /// Save the resumable state every this many optimiser steps (0: only at each epoch's end).
+    #[arg(long, default_value_t = 100)]
+    save_every: u32,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     fields: FieldArgs,
 }
+
+/// Set by Ctrl-C: training stops after the current step and saves its state; a second Ctrl-C
+/// exits at once.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
 /// Training (and optionally validation) examples of a source name or file.
 fn load_sets(
@@ -125,7 +137,20 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         max_len: Some(a.max_len as usize),
         config: config.clone(),
         out: &a.out,
+        resume: a.resume,
+        save_every: a.save_every as usize,
+        interrupt: Some(&INTERRUPT),
     };
+    // Without a handler (one is already set) Ctrl-C just ends the process: the checkpoint and
+    // the saved state are written atomically either way.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping after this step and saving the training state (Ctrl-C again to quit now)"
+        );
+    });
     let steps = train_set.len().div_ceil(config.batch) * config.epochs;
     let pb = progress(steps as u64, ctx.quiet, "training");
     let (report, info) = train(&spec, &mut |p| {

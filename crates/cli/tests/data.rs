@@ -185,3 +185,84 @@ fn train_eval_predict_round_trip_and_bad_input() {
         &["frugal.json"],
     );
 }
+
+/// Ctrl-C stops fine-tuning after the current step with its state saved (exit 130); `--resume`
+/// with other settings is refused, and with the same ones finishes the run and clears the state.
+#[test]
+fn ctrl_c_then_resume_finishes_a_fine_tuning_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t.jsonl");
+    let mut lines = String::new();
+    for (i, w) in ["apple", "pear", "plum", "truck", "van", "bus"]
+        .iter()
+        .enumerate()
+    {
+        let label = if i < 3 { "fruit" } else { "vehicle" };
+        lines.push_str(&format!(
+            "{{\"text\": \"a {w}\", \"label\": \"{label}\"}}\n"
+        ));
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.path().join("ck");
+    let state = dir.path().join("ck.resume");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = |epochs: &'static str, resume: bool| {
+        let mut a = vec![
+            "-q",
+            "train",
+            "--data",
+            d,
+            "--mode",
+            "full",
+            "--out",
+            o,
+            "--batch",
+            "2",
+            "--epochs",
+            epochs,
+            "--save-every",
+            "1",
+            "--patience",
+            "0",
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+    let child = frugal()
+        .args(args("4", false))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !state.join("trainer_state.json").is_file() {
+        assert!(t0.elapsed().as_secs() < 300, "no state saved");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signals a child process of ours.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let r = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{e}");
+    assert!(e.contains("--resume") && e.contains("ck.resume"), "{e}");
+    let done: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("trainer_state.json")).unwrap()).unwrap();
+    assert!(done["step"].as_u64().unwrap() < 12, "{done}");
+
+    let r = frugal().args(args("5", true)).output().unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("epochs is 5, was 4"),
+        "{e}"
+    );
+    let r = frugal().args(args("4", true)).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(out.join("model.safetensors").is_file() && !state.exists());
+    let r = frugal().args(args("4", true)).output().unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("no saved training state"),
+        "{e}"
+    );
+}

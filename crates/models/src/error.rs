@@ -73,6 +73,6 @@ pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
 
 /// The first line of an error's message: candle appends a backtrace when RUST_BACKTRACE is set,
 /// which does not belong in a message for users.
-pub(crate) fn first_line(e: &dyn std::fmt::Display) -> String {
+pub fn first_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }

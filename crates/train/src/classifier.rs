@@ -8,7 +8,7 @@
 
 use crate::data::Example;
 use crate::metrics::{evaluate, Metrics};
-use crate::trainer::{fit, FitReport, Progress, Task, TrainConfig};
+use crate::trainer::{fit, Checkpointing, Control, FitReport, Progress, Task, TrainConfig};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
@@ -16,7 +16,8 @@ use frugal_models::chat::sampling::argmax;
 use frugal_models::encoder::Encoder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// Which weights training updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A new classifier over `base` (an encoder folder) for `labels`, head freshly initialised.
-    pub fn new(base: &Path, labels: Vec<String>) -> Result<Classifier> {
+    /// A new classifier over `base` (an encoder folder) for `labels`, the head initialised
+    /// uniformly in ±1/sqrt(dim) (PyTorch's `nn.Linear` default) from `seed`.
+    pub fn new(base: &Path, labels: Vec<String>, seed: u64) -> Result<Classifier> {
         if labels.len() < 2 {
             return Err(Error::Invalid(format!(
                 "a classifier needs at least 2 labels; the training data has {}",
@@ -73,6 +75,19 @@ impl Classifier {
         }
         let (encoder, varmap) = Encoder::load_trainable(base)?;
         let head = head(&varmap, encoder.dim(), labels.len())?;
+        {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6865_6164);
+            let bound = 1.0 / (encoder.dim() as f32).sqrt();
+            let map = varmap.data().lock().expect("varmap lock");
+            for name in ["classifier.weight", "classifier.bias"] {
+                let v = &map[name];
+                let init: Vec<f32> = (0..v.elem_count())
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                v.set(&Tensor::from_vec(init, v.shape(), &Device::Cpu)?)?;
+            }
+        }
         Ok(Classifier {
             encoder,
             varmap,
@@ -149,6 +164,19 @@ impl Classifier {
         Ok(())
     }
 
+    /// The variables `mode` trains, named and sorted by name (so a saved optimiser state lines
+    /// up with them in another process): the head's, or all.
+    pub fn trained_vars(&self, mode: Mode) -> Vec<(String, candle_core::Var)> {
+        let map = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = map
+            .iter()
+            .filter(|(n, _)| mode == Mode::Full || n.starts_with("classifier."))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Label probabilities for each text (batched, length-sorted).
     pub fn predict(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
         let toks = self.encoder.tokenize(texts)?;
@@ -223,6 +251,7 @@ pub fn labels_of(examples: &[Example]) -> Vec<String> {
 }
 
 /// Everything a training run needs.
+#[derive(Clone)]
 pub struct TrainSpec<'a> {
     pub base: &'a Path,
     pub base_name: String,
@@ -232,6 +261,23 @@ pub struct TrainSpec<'a> {
     pub max_len: Option<usize>,
     pub config: TrainConfig,
     pub out: &'a Path,
+    /// Continue an interrupted run from its state (see `state_dir`).
+    pub resume: bool,
+    /// Optimiser steps between saves of the resumable state (0: at each epoch's end only).
+    pub save_every: usize,
+    /// Set to stop the run after the current step, with its state saved.
+    pub interrupt: Option<&'a AtomicBool>,
+}
+
+/// Where a run that writes its checkpoint to `out` keeps its resumable state: the sibling
+/// folder `OUT.resume`, removed when the run completes.
+pub fn state_dir(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "checkpoint".into());
+    name.push(".resume");
+    out.with_file_name(name)
 }
 
 /// The classification task for the loop: tokens (full mode) or cached embeddings (head mode).
@@ -254,6 +300,14 @@ impl Task for ClassifyTask<'_> {
 
     fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
         let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+        // Dropout masks follow from the seed and the batch, not from how many ran before.
+        let mut h = self.spec.config.seed ^ 0x517c_c1b7_2722_0a95;
+        for &i in &idx {
+            h = (h ^ i as u64)
+                .wrapping_mul(0x0100_0000_01b3)
+                .rotate_left(17);
+        }
+        self.clf.encoder.model.reseed_dropout(h);
         let target = Tensor::new(
             batch.iter().map(|&i| self.targets[i]).collect::<Vec<_>>(),
             &Device::Cpu,
@@ -300,7 +354,7 @@ pub fn train(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(FitReport, CheckpointInfo)> {
     let labels = labels_of(spec.train);
-    let mut clf = Classifier::new(spec.base, labels.clone())?;
+    let mut clf = Classifier::new(spec.base, labels.clone(), spec.config.seed)?;
     if let Some(m) = spec.max_len {
         clf.encoder.set_max_len(m)?;
     }
@@ -343,16 +397,7 @@ pub fn train(
                 .collect(),
         ),
     };
-    let vars = match spec.mode {
-        Mode::Head => {
-            let map = clf.varmap.data().lock().expect("varmap lock");
-            vec![
-                map["classifier.weight"].clone(),
-                map["classifier.bias"].clone(),
-            ]
-        }
-        Mode::Full => clf.varmap.all_vars(),
-    };
+    let vars = clf.trained_vars(spec.mode);
     clf.encoder.model.train = spec.mode == Mode::Full;
     let info = CheckpointInfo {
         labels,
@@ -376,6 +421,21 @@ pub fn train(
         info,
         last_metrics: None,
     };
-    let report = fit(&mut task, vars, &spec.config, progress)?;
+    let control = Control {
+        checkpointing: Some(Checkpointing {
+            dir: state_dir(spec.out),
+            every: spec.save_every,
+            resume: spec.resume,
+            fingerprint: format!(
+                "{} {} {:?} {}",
+                task.info.data_fingerprint,
+                task.info.base_weights_sha256,
+                task.info.mode,
+                task.info.max_len
+            ),
+        }),
+        interrupt: spec.interrupt,
+    };
+    let report = fit(&mut task, vars, &spec.config, &control, progress)?;
     Ok((report, task.info))
 }

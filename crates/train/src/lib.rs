@@ -5,6 +5,7 @@
 pub mod classifier;
 pub mod data;
 pub mod metrics;
+pub mod optim;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ pub enum Error {
     Data { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// The run was stopped (Ctrl-C); the state to resume from is in the folder, if any.
+    #[error("{}", interrupted(.0))]
+    Interrupted(Option<PathBuf>),
     #[error("{0}")]
     Model(#[from] frugal_models::Error),
 }
@@ -32,6 +36,16 @@ impl Error {
             path: path.to_path_buf(),
             message: message.into(),
         }
+    }
+}
+
+fn interrupted(dir: &Option<PathBuf>) -> String {
+    match dir {
+        Some(d) => format!(
+            "interrupted; the training state is saved in {}: run the same command with --resume to continue",
+            d.display()
+        ),
+        None => "interrupted".into(),
     }
 }
 

@@ -4,13 +4,15 @@
 //! accumulation, global-norm clipping, validation after each epoch, early stopping, and a
 //! callback whenever the validation score improves (to keep the best checkpoint).
 
+use crate::optim::AdamW;
 use crate::{Error, Result};
-use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Optimisation settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,38 +119,226 @@ fn check(cfg: &TrainConfig, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Trains `vars` on `task`.
+/// Where a run keeps the state it can resume from, and how often it saves it.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// The state folder (current weights, optimiser moments, `trainer_state.json`).
+    pub dir: PathBuf,
+    /// Optimiser steps between saves (0: only at the end of each epoch).
+    pub every: usize,
+    /// Continue from the state in `dir` instead of starting afresh.
+    pub resume: bool,
+    /// Fingerprint of the training data and model: a resumed run must see the same ones.
+    pub fingerprint: String,
+}
+
+/// How a run can be stopped and resumed; `Control::default()` for neither.
+#[derive(Default)]
+pub struct Control<'a> {
+    pub checkpointing: Option<Checkpointing>,
+    /// Set (for example by a Ctrl-C handler) to stop after the current step, saving the state.
+    pub interrupt: Option<&'a AtomicBool>,
+}
+
+/// `trainer_state.json`: where an interrupted run stood.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    config: TrainConfig,
+    fingerprint: String,
+    /// The epoch in progress and the batches of it already done.
+    epoch: usize,
+    batch: usize,
+    step: usize,
+    best: Option<f64>,
+    best_epoch: Option<usize>,
+    since_best: usize,
+    history: Vec<Option<f64>>,
+    last_loss: f64,
+    adam_steps: u64,
+    vars: Vec<String>,
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+
+fn save_state(dir: &Path, state: &State, opt: &AdamW, names: &[String]) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "state".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let params: HashMap<String, Tensor> = names
+        .iter()
+        .zip(opt.vars())
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
+    candle_core::safetensors::save(&opt.state()?, tmp.join("optimizer.safetensors"))?;
+    let json = serde_json::to_vec_pretty(state).expect("trainer state serialises");
+    std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| io(&tmp, e))?;
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Reads the state in `ck.dir` and puts its weights and moments into `opt`, after checking it
+/// belongs to this run (same settings, data and variables).
+fn load_state(
+    ck: &Checkpointing,
+    cfg: &TrainConfig,
+    opt: &mut AdamW,
+    names: &[String],
+) -> Result<State> {
+    let path = ck.dir.join(STATE_FILE);
+    let bytes = std::fs::read(&path).map_err(|_| {
+        Error::data(
+            &ck.dir,
+            "no saved training state to resume (the run finished, or stopped before saving one): train without --resume",
+        )
+    })?;
+    let state: State = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::data(&path, format!("unreadable: {e}; train without --resume")))?;
+    let (now, then) = (
+        serde_json::to_value(cfg).expect("config serialises"),
+        serde_json::to_value(&state.config).expect("config serialises"),
+    );
+    let changed: Vec<String> = now
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| then.get(k.as_str()) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k} is {v}, was {}",
+                then.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    if !changed.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cannot resume with other settings than the interrupted run's ({}): use the same ones, or train without --resume",
+            changed.join("; ")
+        )));
+    }
+    if state.fingerprint != ck.fingerprint {
+        return Err(Error::Invalid(
+            "cannot resume: the training data, base model, mode or --max-len differ from the interrupted run's; use the same ones, or train without --resume".into(),
+        ));
+    }
+    if state.vars != names {
+        return Err(Error::data(
+            &ck.dir,
+            "the saved state is of another model (its weights differ): train without --resume",
+        ));
+    }
+    let params = candle_core::safetensors::load(ck.dir.join("params.safetensors"), &Device::Cpu)
+        .map_err(|e| {
+            Error::data(
+                &ck.dir,
+                format!(
+                    "params.safetensors unreadable: {}; train without --resume",
+                    frugal_models::error::first_line(&e)
+                ),
+            )
+        })?;
+    for (n, v) in names.iter().zip(opt.vars()) {
+        match params.get(n) {
+            Some(t) if t.shape() == v.shape() => v.set(t)?,
+            _ => {
+                return Err(Error::data(
+                    &ck.dir,
+                    format!(
+                    "params.safetensors lacks '{n}' or has another shape: train without --resume"
+                ),
+                ))
+            }
+        }
+    }
+    let moments =
+        candle_core::safetensors::load(ck.dir.join("optimizer.safetensors"), &Device::Cpu)
+            .map_err(|e| {
+                Error::data(
+                    &ck.dir,
+                    format!(
+                        "optimizer.safetensors unreadable: {}; train without --resume",
+                        frugal_models::error::first_line(&e)
+                    ),
+                )
+            })?;
+    opt.load_state(&moments, state.adam_steps)?;
+    Ok(state)
+}
+
+/// Trains the named `vars` on `task`. With `control.checkpointing`, the state is saved every
+/// `every` steps and at each epoch's end, and removed when the run completes; with
+/// `control.interrupt` set, the run saves and returns `Error::Interrupted`.
 pub fn fit(
     task: &mut dyn Task,
-    vars: Vec<Var>,
+    vars: Vec<(String, Var)>,
     cfg: &TrainConfig,
+    control: &Control,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<FitReport> {
     let n = task.len();
     check(cfg, n)?;
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    let mut opt = AdamW::new(vars, cfg.weight_decay);
     let micro = cfg.batch / cfg.accum;
     let steps_per_epoch = n.div_ceil(cfg.batch);
     let total = steps_per_epoch * cfg.epochs;
-    let params = ParamsAdamW {
-        lr: cfg.lr,
-        weight_decay: cfg.weight_decay,
-        ..Default::default()
+    let ck = control.checkpointing.as_ref();
+    let mut st = State {
+        config: cfg.clone(),
+        fingerprint: ck.map(|c| c.fingerprint.clone()).unwrap_or_default(),
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        best: None,
+        best_epoch: None,
+        since_best: 0,
+        history: vec![],
+        last_loss: f64::NAN,
+        adam_steps: 0,
+        vars: names.clone(),
     };
-    let mut opt = AdamW::new(vars.clone(), params).map_err(Error::from)?;
+    if let Some(ck) = ck.filter(|c| c.resume) {
+        st = load_state(ck, cfg, &mut opt, &names)?;
+    }
+    let save = |st: &State, opt: &AdamW| -> Result<()> {
+        match ck {
+            Some(ck) => save_state(&ck.dir, st, opt, &names),
+            None => Ok(()),
+        }
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let start = std::time::Instant::now();
-    let (mut step, mut seen) = (0usize, 0usize);
-    let (mut best, mut best_epoch, mut since_best) = (None::<f64>, None, 0usize);
-    let mut history = vec![];
-    let mut last_loss = f64::NAN;
-    let mut epochs_run = 0;
+    let mut seen = 0usize;
+    let first_epoch = st.epoch;
+    let mut done = false;
     for epoch in 0..cfg.epochs {
-        epochs_run += 1;
+        // Every epoch's order is drawn, also those a resumed run skips, so the orders match.
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
-        for batch in order.chunks(cfg.batch) {
+        if epoch < first_epoch || done {
+            continue;
+        }
+        for (b, batch) in order.chunks(cfg.batch).enumerate() {
+            if epoch == first_epoch && b < st.batch {
+                continue;
+            }
             // Gradients of the variables only, summed over the micro-batches.
-            let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+            let mut sums: Vec<Option<Tensor>> = vec![None; names.len()];
             let mut loss_sum = 0.0;
             for mb in batch.chunks(micro) {
                 let weight = mb.len() as f64 / batch.len() as f64;
@@ -157,7 +347,7 @@ pub fn fit(
                 let grads = (loss * weight)
                     .and_then(|l| l.backward())
                     .map_err(Error::from)?;
-                for (sum, v) in sums.iter_mut().zip(&vars) {
+                for (sum, v) in sums.iter_mut().zip(opt.vars()) {
                     if let Some(g) = grads.get(v.as_tensor()) {
                         *sum = Some(match sum.take() {
                             Some(s) => (s + g).map_err(Error::from)?,
@@ -166,7 +356,6 @@ pub fn fit(
                     }
                 }
             }
-            let mut store = GradStore::default();
             let mut norm_sq = 0.0f64;
             for g in sums.iter().flatten() {
                 norm_sq += g
@@ -181,56 +370,65 @@ pub fn fit(
             } else {
                 1.0
             };
-            for (v, g) in vars.iter().zip(sums) {
-                if let Some(g) = g {
-                    let g = if scale < 1.0 {
-                        (g * scale).map_err(Error::from)?
-                    } else {
-                        g
-                    };
-                    store.insert(v.as_tensor(), g);
-                }
-            }
-            opt.set_learning_rate(lr_at(cfg, step, total));
-            opt.step(&store).map_err(Error::from)?;
-            step += 1;
+            opt.step(&sums, lr_at(cfg, st.step, total), scale)?;
+            st.step += 1;
+            st.batch = b + 1;
+            st.adam_steps = opt.t;
             seen += batch.len();
-            last_loss = loss_sum;
+            st.last_loss = loss_sum;
             let secs = start.elapsed().as_secs_f64();
             progress(Progress {
                 epoch,
-                step,
+                step: st.step,
                 steps: total,
                 examples: seen,
                 loss: loss_sum,
                 examples_per_s: seen as f64 / secs.max(1e-9),
             });
+            let stop = control.interrupt.is_some_and(|f| f.load(Ordering::Relaxed));
+            let last = st.batch == steps_per_epoch;
+            if !last && (stop || ck.is_some_and(|c| c.every > 0 && st.step.is_multiple_of(c.every)))
+            {
+                save(&st, &opt)?;
+            }
+            if stop && !last {
+                return Err(Error::Interrupted(ck.map(|c| c.dir.clone())));
+            }
         }
         let score = task.validate()?;
-        history.push(score);
-        match (score, best) {
-            (Some(s), Some(b)) if s <= b => since_best += 1,
+        st.history.push(score);
+        match (score, st.best) {
+            (Some(s), Some(b)) if s <= b => st.since_best += 1,
             _ => {
-                best = score.or(best);
-                best_epoch = Some(epoch);
-                since_best = 0;
+                st.best = score.or(st.best);
+                st.best_epoch = Some(epoch);
+                st.since_best = 0;
                 task.on_best(epoch, score)?;
             }
         }
-        if cfg.patience > 0 && since_best >= cfg.patience {
-            break;
+        st.epoch = epoch + 1;
+        st.batch = 0;
+        done = cfg.patience > 0 && st.since_best >= cfg.patience;
+        if !done && st.epoch < cfg.epochs {
+            save(&st, &opt)?;
+            if control.interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Err(Error::Interrupted(ck.map(|c| c.dir.clone())));
+            }
         }
+    }
+    if let Some(ck) = ck {
+        let _ = std::fs::remove_dir_all(&ck.dir);
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(FitReport {
-        epochs_run,
-        steps: step,
-        best_epoch,
-        best_score: best,
-        final_loss: last_loss,
+        epochs_run: st.history.len(),
+        steps: st.step,
+        best_epoch: st.best_epoch,
+        best_score: st.best,
+        final_loss: st.last_loss,
         seconds,
         examples_per_s: seen as f64 / seconds.max(1e-9),
-        history,
+        history: st.history,
     })
 }
 
@@ -295,7 +493,8 @@ mod tests {
             seed: 1,
             patience: 0,
         };
-        let report = fit(&mut task, vec![w.clone(), b.clone()], &cfg, &mut |_| {}).unwrap();
+        let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];
+        let report = fit(&mut task, vars, &cfg, &Control::default(), &mut |_| {}).unwrap();
         let (wv, bv) = (
             w.to_vec1::<f32>().unwrap()[0],
             b.to_vec1::<f32>().unwrap()[0],
@@ -330,10 +529,13 @@ mod tests {
             xs: vec![],
             saved: 0,
         };
+        let none = Control::default();
+        let cfg = TrainConfig::default();
         assert!(fit(
             &mut task,
-            vec![w.clone()],
-            &TrainConfig::default(),
+            vec![("w".into(), w.clone())],
+            &cfg,
+            &none,
             &mut |_| {}
         )
         .is_err());
@@ -343,6 +545,124 @@ mod tests {
             accum: 2,
             ..Default::default()
         };
-        assert!(fit(&mut task, vec![w], &cfg, &mut |_| {}).is_err());
+        assert!(fit(&mut task, vec![("w".into(), w)], &cfg, &none, &mut |_| {}).is_err());
+    }
+
+    fn line_task() -> (Line, Vec<(String, Var)>) {
+        let w = Var::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let b = Var::zeros(1, DType::F32, &Device::Cpu).unwrap();
+        let task = Line {
+            w: w.clone(),
+            b: b.clone(),
+            xs: (0..40).map(|i| i as f32 / 20.0 - 1.0).collect(),
+            saved: 0,
+        };
+        (task, vec![("w".into(), w), ("b".into(), b)])
+    }
+
+    /// Interrupted mid-epoch and at an epoch's end, then resumed: the same weights, bit for bit,
+    /// as one uninterrupted run; the state is gone once the run completes.
+    #[test]
+    fn an_interrupted_run_resumes_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            epochs: 4,
+            lr: 0.05,
+            batch: 8,
+            weight_decay: 0.01,
+            patience: 0,
+            seed: 3,
+            ..Default::default()
+        };
+        let ck = |resume| Checkpointing {
+            dir: tmp.path().join("state"),
+            every: 3,
+            resume,
+            fingerprint: "data".into(),
+        };
+        let (mut task, vars) = line_task();
+        let whole = fit(
+            &mut task,
+            vars.clone(),
+            &cfg,
+            &Control::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let expect: Vec<f32> = vars
+            .iter()
+            .map(|(_, v)| v.to_vec1::<f32>().unwrap()[0])
+            .collect();
+
+        let flag = AtomicBool::new(false);
+        let (mut task, vars) = line_task();
+        // 5 steps per epoch: stop after step 7 (mid-epoch 2), then after step 10 (an epoch's end).
+        for (stop_at, resume) in [(7, false), (10, true)] {
+            flag.store(false, Ordering::Relaxed);
+            let control = Control {
+                checkpointing: Some(ck(resume)),
+                interrupt: Some(&flag),
+            };
+            let err = fit(&mut task, vars.clone(), &cfg, &control, &mut |p| {
+                if p.step == stop_at {
+                    flag.store(true, Ordering::Relaxed)
+                }
+            })
+            .unwrap_err();
+            assert!(matches!(err, Error::Interrupted(Some(_))), "{err}");
+            assert!(tmp.path().join("state").join(STATE_FILE).is_file());
+        }
+        // Scramble the weights in memory: resuming must restore them from the state.
+        vars[0]
+            .1
+            .set(&Tensor::new(&[9f32], &Device::Cpu).unwrap())
+            .unwrap();
+        flag.store(false, Ordering::Relaxed);
+        let control = Control {
+            checkpointing: Some(ck(true)),
+            interrupt: Some(&flag),
+        };
+        let rest = fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).unwrap();
+        let got: Vec<f32> = vars
+            .iter()
+            .map(|(_, v)| v.to_vec1::<f32>().unwrap()[0])
+            .collect();
+        assert_eq!(got, expect);
+        assert_eq!(rest.steps, whole.steps);
+        assert_eq!(rest.history, whole.history);
+        assert!(!tmp.path().join("state").exists());
+
+        // Nothing left to resume; other settings or data are refused.
+        let (mut task, vars) = line_task();
+        let control = Control {
+            checkpointing: Some(ck(true)),
+            interrupt: None,
+        };
+        let e = fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("no saved training state"), "{e}");
+        flag.store(true, Ordering::Relaxed);
+        let control = Control {
+            checkpointing: Some(ck(false)),
+            interrupt: Some(&flag),
+        };
+        assert!(fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).is_err());
+        let other = TrainConfig {
+            lr: 0.1,
+            ..cfg.clone()
+        };
+        let control = Control {
+            checkpointing: Some(ck(true)),
+            interrupt: None,
+        };
+        let e = fit(&mut task, vars.clone(), &other, &control, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("lr is 0.1, was 0.05"), "{e}");
+        let mut c = ck(true);
+        c.fingerprint = "other".into();
+        let control = Control {
+            checkpointing: Some(c),
+            interrupt: None,
+        };
+        let e = fit(&mut task, vars, &cfg, &control, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("training data, base model"), "{e}");
     }
 }

@@ -5,13 +5,18 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use frugal_models::assets::Store;
 use frugal_models::encoder::{Bert, BertConfig};
-use frugal_train::classifier::{train, Classifier, Mode, TrainSpec};
+use frugal_train::classifier::{state_dir, train, Classifier, Mode, TrainSpec};
 use frugal_train::data::Example;
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A tiny randomly initialised BERT folder with MiniLM's tokenizer and pooling files.
 fn tiny_base(dir: &Path) -> PathBuf {
+    tiny_base_with_dropout(dir, 0.0)
+}
+
+fn tiny_base_with_dropout(dir: &Path, dropout: f32) -> PathBuf {
     let real = Store::from_env().ensure("minilm").unwrap();
     let base = dir.join("tiny-bert");
     std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
@@ -25,9 +30,10 @@ fn tiny_base(dir: &Path) -> PathBuf {
     }
     let config = r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
         "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 512, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}"#;
-    std::fs::write(base.join("config.json"), config).unwrap();
-    let cfg: BertConfig = serde_json::from_str(config).unwrap();
+        "hidden_dropout_prob": DROP, "attention_probs_dropout_prob": DROP}"#
+        .replace("DROP", &dropout.to_string());
+    std::fs::write(base.join("config.json"), &config).unwrap();
+    let cfg: BertConfig = serde_json::from_str(&config).unwrap();
     let varmap = VarMap::new();
     Bert::load(
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
@@ -100,6 +106,9 @@ fn full_fine_tuning_learns_saves_and_reloads() {
         max_len: Some(32),
         config,
         out: &out,
+        resume: false,
+        save_every: 0,
+        interrupt: None,
     };
     let mut losses = vec![];
     train(&spec, &mut |p| losses.push(p.loss)).unwrap();
@@ -133,6 +142,87 @@ fn full_fine_tuning_learns_saves_and_reloads() {
     assert!(e.contains("vessel") && e.contains("fruit"), "{e}");
 }
 
+/// Fine-tuning with dropout, interrupted mid-epoch and resumed from its saved state, ends with
+/// the same checkpoint, bit for bit, as an uninterrupted run.
+#[test]
+fn an_interrupted_fine_tuning_resumes_to_the_same_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base_with_dropout(dir.path(), 0.1);
+    let (train_set, valid) = toy();
+    let whole = dir.path().join("whole");
+    let config = TrainConfig {
+        epochs: 3,
+        lr: 3e-3,
+        batch: 8,
+        patience: 0,
+        ..Default::default()
+    };
+    let spec = TrainSpec {
+        base: &base,
+        base_name: "tiny".into(),
+        train: &train_set,
+        valid: Some(&valid),
+        mode: Mode::Full,
+        max_len: Some(32),
+        config,
+        out: &whole,
+        resume: false,
+        save_every: 2,
+        interrupt: None,
+    };
+    train(&spec, &mut |_| {}).unwrap();
+    assert!(
+        !state_dir(&whole).exists(),
+        "a completed run leaves no state"
+    );
+
+    let parts = dir.path().join("parts");
+    let flag = AtomicBool::new(false);
+    let spec = TrainSpec {
+        out: &parts,
+        interrupt: Some(&flag),
+        ..spec
+    };
+    // 40 examples, batch 8: 5 steps an epoch; stop in the second epoch.
+    let e = train(&spec, &mut |p| {
+        if p.step == 7 {
+            flag.store(true, Ordering::Relaxed)
+        }
+    })
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    assert!(state_dir(&parts).join("trainer_state.json").is_file());
+    // Resuming with another --max-len is refused; with the same settings it completes.
+    let other = TrainSpec {
+        max_len: Some(16),
+        resume: true,
+        ..spec.clone()
+    };
+    let e = train(&other, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("--max-len"), "{e}");
+    flag.store(false, Ordering::Relaxed);
+    let resumed = TrainSpec {
+        resume: true,
+        ..spec
+    };
+    let (report, _) = train(&resumed, &mut |_| {}).unwrap();
+    assert_eq!(report.steps, 15);
+    let load = |d: &Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (a, b) = (load(&whole), load(&parts));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let (x, y) = (
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(x == y, "{name} differs after resuming");
+    }
+    assert!(!state_dir(&parts).exists());
+}
+
 #[test]
 fn a_single_class_and_unknown_validation_labels_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +238,9 @@ fn a_single_class_and_unknown_validation_labels_are_refused() {
         max_len: None,
         config: TrainConfig::default(),
         out: &out,
+        resume: false,
+        save_every: 0,
+        interrupt: None,
     };
     let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("at least 2 labels"), "{e}");
@@ -186,6 +279,9 @@ fn transfer_learning_on_real_minilm_separates_the_toy_task() {
         max_len: None,
         config,
         out: &out,
+        resume: false,
+        save_every: 0,
+        interrupt: None,
     };
     let (report, info) = train(&spec, &mut |_| {}).unwrap();
     assert_eq!(report.best_score, Some(1.0), "{:?}", report.history);

@@ -105,6 +105,8 @@ pub struct Bert {
     pub hidden_dropout: f32,
     /// Dropout on attention probabilities in training.
     pub attention_dropout: f32,
+    /// Seed of the next dropout mask (each mask takes the next number); see `reseed_dropout`.
+    dropout_seed: std::sync::atomic::AtomicU64,
 }
 
 impl Bert {
@@ -148,13 +150,26 @@ impl Bert {
             train: false,
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
+            dropout_seed: Default::default(),
         })
+    }
+
+    /// Makes the dropout masks of the next forward pass a function of `seed` (the trainer seeds
+    /// each batch, so that a resumed run repeats an uninterrupted one exactly).
+    pub fn reseed_dropout(&self, seed: u64) {
+        // Spread consecutive seeds apart: each forward pass takes a few dozen numbers.
+        let s = seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (seed >> 31);
+        self.dropout_seed
+            .store(s, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Dropout with probability `p` while training; the identity otherwise.
     fn drop(&self, x: Tensor, p: f32) -> candle_core::Result<Tensor> {
         if self.train && p > 0.0 {
-            super::ops::dropout(&x, p)
+            let seed = self
+                .dropout_seed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            super::ops::dropout(&x, p, seed)
         } else {
             Ok(x)
         }

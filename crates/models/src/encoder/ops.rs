@@ -219,19 +219,17 @@ impl CustomOp1 for Dropout {
     }
 }
 
-static DROPOUT_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Inverted dropout with probability `p`, differentiable, keeping no mask in memory (candle's
-/// `ops::dropout` stores a full f32 mask and a random tensor per call).
-pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+/// `ops::dropout` stores a full f32 mask and a random tensor per call). The mask is a function
+/// of `seed`, so a resumed training run draws the same masks as an uninterrupted one.
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability must be in [0, 1), got {p}");
     }
-    let call = DROPOUT_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let op = Dropout {
         threshold: (p as f64 * u32::MAX as f64) as u32,
         scale: 1.0 / (1.0 - p),
-        seed: call.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     };
     x.contiguous()?.apply_op1(op)
 }
@@ -285,7 +283,7 @@ mod train_op_tests {
     #[test]
     fn dropout_keeps_about_1_minus_p_scaled_and_backward_uses_the_same_mask() {
         let x = Var::new(vec![1f32; 100_000].as_slice(), &Device::Cpu).unwrap();
-        let y = dropout(x.as_tensor(), 0.1).unwrap();
+        let y = dropout(x.as_tensor(), 0.1, 1).unwrap();
         let v = y.to_vec1::<f32>().unwrap();
         let kept = v.iter().filter(|&&a| a != 0.0).count() as f64 / v.len() as f64;
         assert!((kept - 0.9).abs() < 0.01, "{kept}");
@@ -293,11 +291,14 @@ mod train_op_tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, v, "gradient of sum(dropout(1)) is the mask itself");
-        let again = dropout(x.as_tensor(), 0.1)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_ne!(again, v, "each call draws a new mask");
+        let mask = |seed| {
+            dropout(x.as_tensor(), 0.1, seed)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_ne!(mask(2), v, "another seed draws another mask");
+        assert_eq!(mask(1), v, "the same seed draws the same mask");
     }
 
     #[test]
