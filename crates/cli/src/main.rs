@@ -7,6 +7,7 @@ mod chart;
 mod chat;
 mod cost_cmd;
 mod data_cmd;
+mod distill_cmd;
 mod embed;
 mod generate;
 mod io;
@@ -61,6 +62,9 @@ enum Command {
     Eval(train_cmd::EvalArgs),
     /// Classify texts with a trained classifier.
     Predict(train_cmd::PredictArgs),
+    /// Distil a teacher (a checkpoint, a chat model, or brought outputs) into a smaller, faster
+    /// student classifier, and compare the two.
+    Distill(distill_cmd::DistillArgs),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -173,6 +177,7 @@ fn main() {
         Command::Train(a) => train_cmd::train_cmd(a, &ctx),
         Command::Eval(a) => train_cmd::eval_cmd(a, &ctx),
         Command::Predict(a) => train_cmd::predict_cmd(a, &ctx),
+        Command::Distill(a) => distill_cmd::distill_cmd(a, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

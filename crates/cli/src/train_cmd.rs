@@ -69,10 +69,24 @@ pub struct TrainArgs {
 
 /// Set by Ctrl-C: training stops after the current step and saves its state; a second Ctrl-C
 /// exits at once.
-static INTERRUPT: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C stop training after the current step with its state saved (see `INTERRUPT`).
+/// Without a handler (one is already set) Ctrl-C just ends the process: checkpoints and saved
+/// state are written atomically either way.
+pub(crate) fn catch_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping after this step and saving the training state (Ctrl-C again to quit now)"
+        );
+    });
+}
 
 /// Training (and optionally validation) examples of a source name or file.
-fn load_sets(
+pub(crate) fn load_sets(
     data: &str,
     valid: Option<&str>,
     fields: &FieldArgs,
@@ -95,7 +109,7 @@ fn load_sets(
 }
 
 /// Evaluation examples: `spamassassin` means its test split.
-fn load_eval(data: &str, fields: &FieldArgs, quiet: bool) -> Result<Vec<Example>> {
+pub(crate) fn load_eval(data: &str, fields: &FieldArgs, quiet: bool) -> Result<Vec<Example>> {
     if data == "spamassassin" {
         let dir = store(quiet).ensure("spamassassin")?;
         return Ok(anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect()).test);
@@ -140,17 +154,10 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         resume: a.resume,
         save_every: a.save_every as usize,
         interrupt: Some(&INTERRUPT),
+        labels: None,
+        soft: None,
     };
-    // Without a handler (one is already set) Ctrl-C just ends the process: the checkpoint and
-    // the saved state are written atomically either way.
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPT.swap(true, Ordering::Relaxed) {
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\nstopping after this step and saving the training state (Ctrl-C again to quit now)"
-        );
-    });
+    catch_ctrl_c();
     let steps = train_set.len().div_ceil(config.batch) * config.epochs;
     let pb = progress(steps as u64, ctx.quiet, "training");
     let (report, info) = train(&spec, &mut |p| {

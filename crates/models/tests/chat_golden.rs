@@ -85,3 +85,48 @@ fn greedy_tokens_equal_llama_cpp() {
         eprintln!("agreed on {agree} of {} golden tokens", want.len());
     }
 }
+
+/// Scoring answers: llama.cpp's greedy continuation is the most likely of several candidates,
+/// and a two-token answer's score is the sum of its tokens' log-probabilities computed apart.
+#[test]
+fn continuation_scores_agree_with_greedy_decoding() {
+    let m = model();
+    let row = &golden()[0];
+    let prompt = ids(&row["prompt_token_ids"]);
+    let want = ids(&row["greedy_token_ids"]);
+    let (a, b) = (want[0], want[1]);
+    let others: Vec<u32> = [1u32, 100, 1000, 5000]
+        .into_iter()
+        .filter(|&t| t != a)
+        .collect();
+    let mut cands = vec![vec![a]];
+    cands.extend(others.iter().map(|&t| vec![t]));
+    cands.push(vec![a, b]);
+    let mut cache = m.new_cache();
+    let lp = m
+        .continuation_logprobs(&prompt, &cands, &mut cache)
+        .unwrap();
+    let singles = &lp[..cands.len() - 1];
+    assert!(singles[1..].iter().all(|&x| x < singles[0]), "{lp:?}");
+    assert!(lp.iter().all(|x| x.is_finite() && *x <= 0.0), "{lp:?}");
+    let mut longer = prompt.clone();
+    longer.push(a);
+    let mut fresh = m.new_cache();
+    let second = m
+        .continuation_logprobs(&longer, &[vec![b]], &mut fresh)
+        .unwrap()[0];
+    let sum = singles[0] + second;
+    assert!(
+        (lp[cands.len() - 1] - sum).abs() < 1e-3,
+        "{} vs {sum}",
+        lp[cands.len() - 1]
+    );
+    // The cache keeps the prompt: scoring again reuses it and gives the same numbers.
+    assert_eq!(cache.len(), prompt.len());
+    let again = m
+        .continuation_logprobs(&prompt, &cands, &mut cache)
+        .unwrap();
+    for (x, y) in again.iter().zip(&lp) {
+        assert!((x - y).abs() < 1e-4, "{again:?} vs {lp:?}");
+    }
+}

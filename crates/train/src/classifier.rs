@@ -44,6 +44,9 @@ pub struct CheckpointInfo {
     /// sha256 over the training examples (text and label), to tell data sets apart.
     pub data_fingerprint: String,
     pub epoch: Option<usize>,
+    /// The teacher a distilled student learnt from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
 }
 
 /// Files copied from the base folder so a checkpoint is itself a loadable encoder folder.
@@ -86,6 +89,21 @@ impl Classifier {
                     .map(|_| rng.random_range(-bound..bound))
                     .collect();
                 v.set(&Tensor::from_vec(init, v.shape(), &Device::Cpu)?)?;
+            }
+            // A base that is itself a classifier over as many labels (a distillation student
+            // cut from a teacher checkpoint) starts from its head.
+            let file = base.join("model.safetensors");
+            // SAFETY: the weights file is not modified while mapped.
+            if let Ok(st) = unsafe { candle_core::safetensors::MmapedSafetensors::new(&file) } {
+                let w = st.load("classifier.weight", &Device::Cpu);
+                let b = st.load("classifier.bias", &Device::Cpu);
+                if let (Ok(w), Ok(b)) = (w, b) {
+                    let (mw, mb) = (&map["classifier.weight"], &map["classifier.bias"]);
+                    if w.shape() == mw.shape() && b.shape() == mb.shape() {
+                        mw.set(&w)?;
+                        mb.set(&b)?;
+                    }
+                }
             }
         }
         Ok(Classifier {
@@ -267,6 +285,25 @@ pub struct TrainSpec<'a> {
     pub save_every: usize,
     /// Set to stop the run after the current step, with its state saved.
     pub interrupt: Option<&'a AtomicBool>,
+    /// The label set (default: the labels of `train`). With it, training examples whose label
+    /// is empty are unlabelled: they learn from `soft` alone.
+    pub labels: Option<Vec<String>>,
+    /// Distillation: a teacher's probabilities to learn from.
+    pub soft: Option<SoftTargets>,
+}
+
+/// A teacher's label probabilities for each training example (in `labels` order), and how to
+/// weigh them: loss = α·T²·KL(p_teacher(T) ‖ p_student(T)) + (1−α)·CE(gold, p_student) for
+/// labelled examples, the KL term alone for unlabelled ones.
+#[derive(Debug, Clone)]
+pub struct SoftTargets {
+    pub probs: Vec<Vec<f32>>,
+    /// Softening temperature T (the teacher's probabilities are sharpened or softened to it).
+    pub temperature: f64,
+    /// Weight α of the teacher's term.
+    pub alpha: f64,
+    /// What the teacher was (recorded in frugal.json).
+    pub teacher: String,
 }
 
 /// Where a run that writes its checkpoint to `out` keeps its resumable state: the sibling
@@ -291,7 +328,21 @@ struct ClassifyTask<'a> {
     tokens: Vec<Vec<u32>>,
     info: CheckpointInfo,
     last_metrics: Option<Metrics>,
+    /// Distillation: teacher probabilities at temperature T (n x labels), Σ p·log p per example,
+    /// and the weights of the teacher and gold terms per example.
+    soft: Option<SoftTensors>,
 }
+
+struct SoftTensors {
+    probs: Tensor,
+    plogp: Tensor,
+    w_kd: Vec<f32>,
+    w_ce: Vec<f32>,
+    temperature: f64,
+}
+
+/// Labels that mark an example as unlabelled in `targets`.
+const UNLABELLED: u32 = u32::MAX;
 
 impl Task for ClassifyTask<'_> {
     fn len(&self) -> usize {
@@ -313,7 +364,7 @@ impl Task for ClassifyTask<'_> {
             &Device::Cpu,
         )?;
         let pooled = match &self.cached {
-            Some(emb) => emb.index_select(&Tensor::new(idx, &Device::Cpu)?, 0)?,
+            Some(emb) => emb.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?,
             None => {
                 let ids: Vec<&[u32]> = batch.iter().map(|&i| self.tokens[i].as_slice()).collect();
                 let (ids, mask) = self.clf.encoder.batch_tensors(&ids).map_err(to_candle)?;
@@ -321,7 +372,24 @@ impl Task for ClassifyTask<'_> {
             }
         };
         let logits = self.clf.head.forward(&pooled)?;
-        candle_nn::loss::cross_entropy(&logits, &target)
+        let Some(soft) = &self.soft else {
+            return candle_nn::loss::cross_entropy(&logits, &target);
+        };
+        let dev = &Device::Cpu;
+        let idx = Tensor::new(idx.as_slice(), dev)?;
+        let t = soft.temperature;
+        let p = soft.probs.index_select(&idx, 0)?;
+        let plogp = soft.plogp.index_select(&idx, 0)?;
+        let logq = candle_nn::ops::log_softmax(&(&logits / t)?, D::Minus1)?;
+        let kd = ((plogp - (p * logq)?.sum(1)?)? * (t * t))?;
+        let pick = |w: &Vec<f32>| Tensor::new(batch.iter().map(|&i| w[i]).collect::<Vec<_>>(), dev);
+        let (w_kd, w_ce) = (pick(&soft.w_kd)?, pick(&soft.w_ce)?);
+        let gold = target.clamp(0u32, (self.clf.labels.len() - 1) as u32)?;
+        let ce = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+            .gather(&gold.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .neg()?;
+        ((kd * w_kd)? + (ce * w_ce)?)?.mean_all()
     }
 
     fn validate(&mut self) -> Result<Option<f64>> {
@@ -353,13 +421,49 @@ pub fn train(
     spec: &TrainSpec,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(FitReport, CheckpointInfo)> {
-    let labels = labels_of(spec.train);
+    let labels = match &spec.labels {
+        Some(l) => l.clone(),
+        None => labels_of(spec.train),
+    };
+    let known: std::collections::BTreeSet<&str> = labels.iter().map(String::as_str).collect();
+    let unlabelled = spec.train.iter().filter(|e| e.label.is_empty()).count();
+    if unlabelled > 0 && spec.soft.is_none() {
+        return Err(Error::Invalid(format!(
+            "{unlabelled} training examples have an empty label; give every example a label"
+        )));
+    }
+    if let Some(e) = spec
+        .train
+        .iter()
+        .find(|e| !e.label.is_empty() && !known.contains(e.label.as_str()))
+    {
+        return Err(Error::Invalid(format!(
+            "training label '{}' is not among the labels ({})",
+            e.label,
+            labels.join(", ")
+        )));
+    }
+    if let Some(soft) = &spec.soft {
+        if soft.probs.len() != spec.train.len()
+            || soft.probs.iter().any(|p| p.len() != labels.len())
+        {
+            return Err(Error::Invalid(
+                "teacher outputs must give one probability per label for every training example"
+                    .into(),
+            ));
+        }
+        if !(soft.temperature.is_finite() && soft.temperature > 0.0) {
+            return Err(Error::Invalid("--temperature must be above 0".into()));
+        }
+        if !(0.0..=1.0).contains(&soft.alpha) {
+            return Err(Error::Invalid("--alpha must be between 0 and 1".into()));
+        }
+    }
     let mut clf = Classifier::new(spec.base, labels.clone(), spec.config.seed)?;
     if let Some(m) = spec.max_len {
         clf.encoder.set_max_len(m)?;
     }
     if let Some(valid) = spec.valid {
-        let known: std::collections::BTreeSet<&str> = labels.iter().map(String::as_str).collect();
         if let Some(e) = valid.iter().find(|e| !known.contains(e.label.as_str())) {
             return Err(Error::Invalid(format!(
                 "validation label '{}' does not occur in the training data (labels: {})",
@@ -373,7 +477,53 @@ pub fn train(
         .enumerate()
         .map(|(i, l)| (l.as_str(), i as u32))
         .collect();
-    let targets: Vec<u32> = spec.train.iter().map(|e| index[e.label.as_str()]).collect();
+    let targets: Vec<u32> = spec
+        .train
+        .iter()
+        .map(|e| index.get(e.label.as_str()).copied().unwrap_or(UNLABELLED))
+        .collect();
+    let soft = match &spec.soft {
+        None => None,
+        Some(s) => {
+            let t = s.temperature;
+            let mut probs = Vec::with_capacity(spec.train.len() * labels.len());
+            let mut plogp = vec![];
+            for p in &s.probs {
+                // The teacher's distribution at temperature T: p^(1/T), renormalised.
+                let q: Vec<f64> = p
+                    .iter()
+                    .map(|&x| (x.max(0.0) as f64).powf(1.0 / t))
+                    .collect();
+                let sum: f64 = q.iter().sum::<f64>().max(1e-30);
+                let q: Vec<f64> = q.iter().map(|x| x / sum).collect();
+                plogp.push(
+                    q.iter()
+                        .filter(|&&x| x > 0.0)
+                        .map(|x| x * x.ln())
+                        .sum::<f64>() as f32,
+                );
+                probs.extend(q.iter().map(|&x| x as f32));
+            }
+            let labelled = |i: usize| targets[i] != UNLABELLED;
+            Some(SoftTensors {
+                probs: Tensor::from_vec(probs, (spec.train.len(), labels.len()), &Device::Cpu)?,
+                plogp: Tensor::new(plogp, &Device::Cpu)?,
+                w_kd: (0..targets.len())
+                    .map(|i| if labelled(i) { s.alpha as f32 } else { 1.0 })
+                    .collect(),
+                w_ce: (0..targets.len())
+                    .map(|i| {
+                        if labelled(i) {
+                            1.0 - s.alpha as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+                temperature: t,
+            })
+        }
+    };
     let texts: Vec<&str> = spec.train.iter().map(|e| e.text.as_str()).collect();
     let (cached, tokens) = match spec.mode {
         Mode::Head => {
@@ -411,6 +561,7 @@ pub fn train(
         metrics: None,
         data_fingerprint: fingerprint(spec.train),
         epoch: None,
+        teacher: spec.soft.as_ref().map(|s| s.teacher.clone()),
     };
     let mut task = ClassifyTask {
         clf,
@@ -420,6 +571,7 @@ pub fn train(
         tokens,
         info,
         last_metrics: None,
+        soft,
     };
     let control = Control {
         checkpointing: Some(Checkpointing {
@@ -427,11 +579,14 @@ pub fn train(
             every: spec.save_every,
             resume: spec.resume,
             fingerprint: format!(
-                "{} {} {:?} {}",
+                "{} {} {:?} {} {:?}",
                 task.info.data_fingerprint,
                 task.info.base_weights_sha256,
                 task.info.mode,
-                task.info.max_len
+                task.info.max_len,
+                spec.soft
+                    .as_ref()
+                    .map(|s| (&s.teacher, s.temperature, s.alpha))
             ),
         }),
         interrupt: spec.interrupt,

@@ -102,10 +102,12 @@ fn load_jsonl(path: &Path, fields: &Fields) -> Result<Vec<Example>> {
         };
         let text = get(&fields.text)?;
         check_text(path, n, &text)?;
-        out.push(Example {
-            text,
-            label: get(&fields.label)?,
-        });
+        let label = if fields.label.is_empty() {
+            String::new()
+        } else {
+            get(&fields.label)?
+        };
+        out.push(Example { text, label });
     }
     Ok(out)
 }
@@ -130,7 +132,12 @@ fn load_delimited(path: &Path, fields: &Fields, delimiter: u8) -> Result<Vec<Exa
             )
         })
     };
-    let (ti, li) = (col(&fields.text)?, col(&fields.label)?);
+    let ti = col(&fields.text)?;
+    let li = if fields.label.is_empty() {
+        None
+    } else {
+        Some(col(&fields.label)?)
+    };
     let mut out = vec![];
     for (i, rec) in rdr.records().enumerate() {
         let n = i + 2;
@@ -139,10 +146,36 @@ fn load_delimited(path: &Path, fields: &Fields, delimiter: u8) -> Result<Vec<Exa
         check_text(path, n, &text)?;
         out.push(Example {
             text,
-            label: rec.get(li).unwrap_or("").to_string(),
+            label: li.and_then(|li| rec.get(li)).unwrap_or("").to_string(),
         });
     }
     Ok(out)
+}
+
+/// Texts without labels: a .txt file (one text per non-empty line) or the text field of a
+/// .jsonl/.csv/.tsv file. An empty file is an error.
+pub fn load_texts(path: &Path, text_field: &str) -> Result<Vec<String>> {
+    let is_txt = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+    let texts: Vec<String> = if is_txt {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::data(path, format!("cannot read: {e}")))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    } else {
+        let fields = Fields {
+            text: text_field.into(),
+            label: String::new(),
+        };
+        load(path, &fields)?.into_iter().map(|e| e.text).collect()
+    };
+    if texts.is_empty() {
+        return Err(Error::data(path, "the file holds no texts"));
+    }
+    Ok(texts)
 }
 
 /// The SpamAssassin groups in the anchors' order, and whether each is spam.

@@ -4,6 +4,7 @@
 
 pub mod classifier;
 pub mod data;
+pub mod distill;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;

@@ -1,87 +1,16 @@
 //! Training, checkpointing and evaluating classifiers: fast on a tiny random BERT that uses
 //! MiniLM's real tokenizer, and in head mode on the real MiniLM.
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+mod common;
+
+use candle_core::Device;
+use common::{ex, tiny_base, tiny_base_with_dropout, toy};
 use frugal_models::assets::Store;
-use frugal_models::encoder::{Bert, BertConfig};
 use frugal_train::classifier::{state_dir, train, Classifier, Mode, TrainSpec};
 use frugal_train::data::Example;
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// A tiny randomly initialised BERT folder with MiniLM's tokenizer and pooling files.
-fn tiny_base(dir: &Path) -> PathBuf {
-    tiny_base_with_dropout(dir, 0.0)
-}
-
-fn tiny_base_with_dropout(dir: &Path, dropout: f32) -> PathBuf {
-    let real = Store::from_env().ensure("minilm").unwrap();
-    let base = dir.join("tiny-bert");
-    std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
-    for f in [
-        "tokenizer.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ] {
-        std::fs::copy(real.join(f), base.join(f)).unwrap();
-    }
-    let config = r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 512, "hidden_act": "gelu",
-        "hidden_dropout_prob": DROP, "attention_probs_dropout_prob": DROP}"#
-        .replace("DROP", &dropout.to_string());
-    std::fs::write(base.join("config.json"), &config).unwrap();
-    let cfg: BertConfig = serde_json::from_str(&config).unwrap();
-    let varmap = VarMap::new();
-    Bert::load(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        &cfg,
-    )
-    .unwrap();
-    varmap.save(base.join("model.safetensors")).unwrap();
-    base
-}
-
-fn ex(text: &str, label: &str) -> Example {
-    Example {
-        text: text.into(),
-        label: label.into(),
-    }
-}
-
-/// A separable toy task: fruit versus vehicles.
-fn toy() -> (Vec<Example>, Vec<Example>) {
-    let fruit = [
-        "apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon",
-    ];
-    let cars = [
-        "truck", "car", "bus", "train", "tram", "bicycle", "van", "taxi", "lorry", "scooter",
-    ];
-    let mut train = vec![];
-    for (i, (f, c)) in fruit.iter().zip(&cars).enumerate() {
-        for t in [
-            format!("I ate a {f} today"),
-            format!("the {f} was sweet {i}"),
-        ] {
-            train.push(ex(&t, "fruit"));
-        }
-        for t in [
-            format!("I drove the {c} today"),
-            format!("the {c} was fast {i}"),
-        ] {
-            train.push(ex(&t, "vehicle"));
-        }
-    }
-    let valid = vec![
-        ex("a ripe peach", "fruit"),
-        ex("a red bus", "vehicle"),
-        ex("fresh lemon", "fruit"),
-        ex("the old van", "vehicle"),
-    ];
-    (train, valid)
-}
 
 #[test]
 fn full_fine_tuning_learns_saves_and_reloads() {
@@ -109,6 +38,8 @@ fn full_fine_tuning_learns_saves_and_reloads() {
         resume: false,
         save_every: 0,
         interrupt: None,
+        labels: None,
+        soft: None,
     };
     let mut losses = vec![];
     train(&spec, &mut |p| losses.push(p.loss)).unwrap();
@@ -169,6 +100,8 @@ fn an_interrupted_fine_tuning_resumes_to_the_same_checkpoint() {
         resume: false,
         save_every: 2,
         interrupt: None,
+        labels: None,
+        soft: None,
     };
     train(&spec, &mut |_| {}).unwrap();
     assert!(
@@ -241,6 +174,8 @@ fn a_single_class_and_unknown_validation_labels_are_refused() {
         resume: false,
         save_every: 0,
         interrupt: None,
+        labels: None,
+        soft: None,
     };
     let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("at least 2 labels"), "{e}");
@@ -282,6 +217,8 @@ fn transfer_learning_on_real_minilm_separates_the_toy_task() {
         resume: false,
         save_every: 0,
         interrupt: None,
+        labels: None,
+        soft: None,
     };
     let (report, info) = train(&spec, &mut |_| {}).unwrap();
     assert_eq!(report.best_score, Some(1.0), "{:?}", report.history);

@@ -166,6 +166,57 @@ impl ChatModel {
         self.llama.new_cache(self.context_length())
     }
 
+    /// Log-likelihood of each continuation after `prompt_ids`: log p(c₁…cₖ | prompt), summed
+    /// over the continuation's tokens. Scores a fixed set of answers (label verbalisers) without
+    /// generating or parsing free text; the prompt is computed once and shared.
+    pub fn continuation_logprobs(
+        &self,
+        prompt_ids: &[u32],
+        continuations: &[Vec<u32>],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f64>> {
+        if prompt_ids.is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+        if continuations.iter().any(Vec::is_empty) {
+            return Err(Error::Invalid("an answer to score has no tokens".into()));
+        }
+        if prompt_ids.len() + longest > cache.capacity() {
+            return Err(Error::Invalid(format!(
+                "the prompt is {} tokens and the longest answer {}, but the context window holds {}; shorten the text",
+                prompt_ids.len(),
+                longest,
+                cache.capacity()
+            )));
+        }
+        let common = cache
+            .tokens()
+            .iter()
+            .zip(prompt_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let reuse = common.min(prompt_ids.len() - 1);
+        cache.truncate(reuse);
+        let first = self.llama.forward(&prompt_ids[reuse..], cache, false)?;
+        let first = log_softmax(&first);
+        let vocab = self.llama.config.n_vocab;
+        let mut out = vec![];
+        for c in continuations {
+            let mut lp = first[c[0] as usize] as f64;
+            if c.len() > 1 {
+                cache.truncate(prompt_ids.len());
+                let rest = self.llama.forward(&c[..c.len() - 1], cache, true)?;
+                for (i, &t) in c[1..].iter().enumerate() {
+                    lp += log_softmax(&rest[i * vocab..(i + 1) * vocab])[t as usize] as f64;
+                }
+            }
+            out.push(lp);
+        }
+        cache.truncate(prompt_ids.len());
+        Ok(out)
+    }
+
     /// Generates a completion for `prompt_ids`, continuing `cache`: the longest prefix the cache
     /// already holds is reused (multi-turn chat), the rest is computed. `on_text` receives
     /// each new piece of text; returning `false` stops generation.
@@ -284,4 +335,11 @@ impl ChatModel {
             gen_secs: t1.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// log softmax of logits, computed stably.
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    logits.iter().map(|&x| x - lse).collect()
 }

@@ -1,0 +1,425 @@
+//! Knowledge distillation: a student classifier learns a teacher's output distribution.
+//!
+//! Teachers are a `frugal train` checkpoint, a local GGUF chat model used as a labeller (one
+//! prompt per text, a probability per label from the log-likelihood of each label's words), or
+//! outputs the user brings (JSONL with `text` and `label` or `probs`, e.g. a hosted API's
+//! answers). Students keep a subset of an encoder's layers. Training is the one loop of
+//! `trainer` through `classifier::train`, with the distillation loss
+//! α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(y, z_s) (see `classifier::SoftTargets`).
+
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use frugal_models::chat::{ChatModel, Message};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// A teacher's probability per label for each text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherOutputs {
+    pub labels: Vec<String>,
+    pub probs: Vec<Vec<f32>>,
+}
+
+/// Which of a teacher's `total` layers a student of `n` layers keeps: evenly spaced, ending with
+/// the last (6 → 3 keeps 1, 3, 5; 6 → 2 keeps 2, 5).
+pub fn evenly_spaced(total: usize, n: usize) -> Result<Vec<usize>> {
+    if n == 0 || n > total {
+        return Err(Error::Invalid(format!(
+            "--student-layers {n}: the teacher has {total} layers; choose 1 to {total}"
+        )));
+    }
+    Ok((1..=n).map(|i| (i * total).div_ceil(n) - 1).collect())
+}
+
+/// Checks explicit layer indices (`--keep 0,2,4`): in range, increasing, no repeats.
+pub fn check_keep(total: usize, keep: &[usize]) -> Result<()> {
+    if keep.is_empty() {
+        return Err(Error::Invalid("--keep names no layers".into()));
+    }
+    if let Some(&bad) = keep.iter().find(|&&k| k >= total) {
+        return Err(Error::Invalid(format!(
+            "--keep {bad}: the teacher has {total} layers, numbered 0 to {}",
+            total - 1
+        )));
+    }
+    if keep.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::Invalid(
+            "--keep: list layers in increasing order, each once (e.g. 0,2,4)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The number of encoder layers in an encoder folder's config.json.
+pub fn layer_count(dir: &Path) -> Result<usize> {
+    let path = dir.join("config.json");
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).map_err(|e| Error::data(&path, format!("cannot read: {e}")))?,
+    )
+    .map_err(|e| Error::data(&path, format!("invalid JSON: {e}")))?;
+    v["num_hidden_layers"]
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::data(&path, "no num_hidden_layers"))
+}
+
+/// Layer index of a BERT weight name (`…encoder.layer.K.…`).
+fn layer_of(name: &str) -> Option<(usize, usize, usize)> {
+    let at = name.find("encoder.layer.")? + "encoder.layer.".len();
+    let digits = name[at..].bytes().take_while(u8::is_ascii_digit).count();
+    let k = name[at..at + digits].parse().ok()?;
+    Some((at, at + digits, k))
+}
+
+/// Writes a student encoder folder into `dir`: `from`'s embeddings, its layers `keep`
+/// (renumbered 0…), its pooling and tokenizer files, and its classification head if it has one
+/// (a `frugal train` checkpoint), so the student starts from the teacher's decision boundary.
+pub fn write_student_base(from: &Path, keep: &[usize], dir: &Path) -> Result<()> {
+    check_keep(layer_count(from)?, keep)?;
+    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    std::fs::create_dir_all(dir.join("1_Pooling")).map_err(|e| io(dir, e))?;
+    for f in [
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        if from.join(f).is_file() {
+            std::fs::copy(from.join(f), dir.join(f)).map_err(|e| io(&dir.join(f), e))?;
+        }
+    }
+    let cfg_path = from.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&cfg_path).map_err(|e| Error::data(&cfg_path, format!("{e}")))?,
+    )
+    .map_err(|e| Error::data(&cfg_path, format!("invalid JSON: {e}")))?;
+    cfg["num_hidden_layers"] = keep.len().into();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&cfg).expect("json"),
+    )
+    .map_err(|e| io(dir, e))?;
+    let weights = from.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu).map_err(|e| {
+        Error::data(
+            &weights,
+            format!("unreadable: {}", frugal_models::error::first_line(&e)),
+        )
+    })?;
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        match layer_of(&name) {
+            Some((a, b, k)) => {
+                if let Some(i) = keep.iter().position(|&x| x == k) {
+                    out.insert(format!("{}{i}{}", &name[..a], &name[b..]), t);
+                }
+            }
+            None => {
+                out.insert(name, t);
+            }
+        }
+    }
+    candle_core::safetensors::save(&out, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Softmax of scores (log-likelihoods) into probabilities.
+fn softmax(xs: &[f64]) -> Vec<f32> {
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = xs.iter().map(|x| (x - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|x| (x / sum) as f32).collect()
+}
+
+/// How a chat model labels a text.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatLabeller {
+    /// The user message; `{text}` is replaced by the text, `{labels}` by the label words.
+    pub prompt: String,
+    /// The words the model would answer for each label, in the label order.
+    pub words: Vec<String>,
+    /// Texts are cut to this many of the chat model's tokens (bounds the cost of a prompt).
+    pub max_text_tokens: usize,
+}
+
+/// The default labelling prompt.
+pub const DEFAULT_PROMPT: &str = "Classify the following text as one of: {labels}.\n\nText: {text}\n\nAnswer with the category only.";
+
+impl ChatLabeller {
+    /// Label probabilities for each text: the softmax of each label's answer log-likelihood.
+    pub fn label(
+        &self,
+        model: &ChatModel,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        if !self.prompt.contains("{text}") {
+            return Err(Error::Invalid(
+                "the labelling prompt must contain {text}, where each text goes".into(),
+            ));
+        }
+        let answers: Vec<Vec<u32>> = self
+            .words
+            .iter()
+            .map(|w| model.tokenizer.encode(w))
+            .collect::<std::result::Result<_, _>>()?;
+        if let Some(i) = answers.iter().position(Vec::is_empty) {
+            return Err(Error::Invalid(format!(
+                "label {} has empty words to score",
+                i + 1
+            )));
+        }
+        let mut cache = model.new_cache();
+        let mut out = vec![];
+        for (i, text) in texts.iter().enumerate() {
+            let ids = model.tokenizer.encode(text)?;
+            let cut = if ids.len() > self.max_text_tokens {
+                model
+                    .tokenizer
+                    .decode(&ids[..self.max_text_tokens], false)?
+            } else {
+                text.to_string()
+            };
+            let user = self
+                .prompt
+                .replace("{labels}", &self.words.join(", "))
+                .replace("{text}", &cut);
+            let rendered = model.render(&[Message::new("user", &user)])?;
+            let prompt_ids = model.tokenizer.encode(&rendered)?;
+            let lp = model.continuation_logprobs(&prompt_ids, &answers, &mut cache)?;
+            out.push(softmax(&lp));
+            progress(i + 1);
+        }
+        Ok(out)
+    }
+}
+
+/// One line of a bring-your-own teacher file.
+#[derive(Deserialize)]
+struct OutputLine {
+    text: Option<String>,
+    label: Option<String>,
+    probs: Option<BTreeMap<String, f64>>,
+}
+
+/// Teacher outputs the user brings: JSONL lines `{"text", "label"}` or `{"text", "probs":
+/// {label: p}}`. Labels are all labels that occur; probabilities that do not sum to 1 are
+/// renormalised (counted in the returned number), negative ones are refused.
+pub fn read_outputs(path: &Path) -> Result<(HashMap<String, Vec<f32>>, Vec<String>, usize)> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let mut rows: Vec<(String, BTreeMap<String, f64>)> = vec![];
+    for (i, line) in content.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let o: OutputLine = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {n}: invalid JSON ({e})")))?;
+        let text = o
+            .text
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| Error::data(path, format!("line {n}: no \"text\" (or it is empty)")))?;
+        let probs = match (o.label, o.probs) {
+            (_, Some(p)) => {
+                if p.is_empty() {
+                    return Err(Error::data(path, format!("line {n}: \"probs\" is empty")));
+                }
+                if let Some((l, v)) = p.iter().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+                    return Err(Error::data(
+                        path,
+                        format!("line {n}: probability of '{l}' is {v}; probabilities must be 0 or more"),
+                    ));
+                }
+                p
+            }
+            (Some(l), None) => BTreeMap::from([(l, 1.0)]),
+            (None, None) => {
+                return Err(Error::data(
+                    path,
+                    format!("line {n}: give \"label\" or \"probs\" ({{label: probability}})"),
+                ))
+            }
+        };
+        rows.push((text, probs));
+    }
+    if rows.is_empty() {
+        return Err(Error::data(path, "the file holds no teacher outputs"));
+    }
+    let labels: Vec<String> = rows
+        .iter()
+        .flat_map(|(_, p)| p.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut renormalised = 0;
+    let mut map = HashMap::new();
+    for (text, p) in rows {
+        let sum: f64 = p.values().sum();
+        if sum <= 0.0 {
+            return Err(Error::data(
+                path,
+                format!("the probabilities for \"{}\" are all 0", short(&text)),
+            ));
+        }
+        if (sum - 1.0).abs() > 1e-3 {
+            renormalised += 1;
+        }
+        let v = labels
+            .iter()
+            .map(|l| (p.get(l).copied().unwrap_or(0.0) / sum) as f32)
+            .collect();
+        map.insert(text, v);
+    }
+    Ok((map, labels, renormalised))
+}
+
+fn short(t: &str) -> String {
+    let s: String = t.chars().take(40).collect();
+    if s.len() < t.len() {
+        format!("{s}…")
+    } else {
+        s
+    }
+}
+
+/// Looks up each text's outputs in a bring-your-own teacher file; texts it lacks are an error
+/// that counts them and shows the first.
+pub fn outputs_for(
+    path: &Path,
+    outputs: &HashMap<String, Vec<f32>>,
+    texts: &[&str],
+) -> Result<Vec<Vec<f32>>> {
+    let missing: Vec<&&str> = texts
+        .iter()
+        .filter(|t| !outputs.contains_key(**t))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(Error::data(
+            path,
+            format!(
+                "{} of {} texts have no teacher output here (first: \"{}\"); the file must hold every training and transfer text",
+                missing.len(),
+                texts.len(),
+                short(first)
+            ),
+        ));
+    }
+    Ok(texts.iter().map(|t| outputs[*t].clone()).collect())
+}
+
+/// A cache of teacher outputs on disk, one JSON file per teacher and text list.
+pub struct OutputCache {
+    pub dir: std::path::PathBuf,
+}
+
+impl OutputCache {
+    /// The key of a teacher (its identity string) over `texts`.
+    pub fn key(teacher: &str, texts: &[&str]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(teacher.as_bytes());
+        for t in texts {
+            h.update([0]);
+            h.update(t.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Cached outputs for `key`, if any (a damaged entry counts as none).
+    pub fn get(&self, key: &str) -> Option<TeacherOutputs> {
+        let bytes = std::fs::read(self.dir.join(format!("{key}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Stores outputs (atomically: a temporary file renamed into place).
+    pub fn put(&self, key: &str, outputs: &TeacherOutputs) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::data(&self.dir, format!("cannot create: {e}")))?;
+        let path = self.dir.join(format!("{key}.json"));
+        let tmp = self.dir.join(format!(".{key}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec(outputs).expect("json"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::data(&path, format!("cannot write: {e}")))
+    }
+}
+
+/// Parameters and weight-file size of a checkpoint folder.
+pub fn size_of(dir: &Path) -> Result<(usize, u64)> {
+    let path = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    let params = tensors.values().map(|t| t.elem_count()).sum();
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| Error::data(&path, format!("{e}")))?
+        .len();
+    Ok((params, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_are_spread_and_checked() {
+        assert_eq!(evenly_spaced(6, 3).unwrap(), [1, 3, 5]);
+        assert_eq!(evenly_spaced(6, 2).unwrap(), [2, 5]);
+        assert_eq!(evenly_spaced(6, 1).unwrap(), [5]);
+        assert_eq!(evenly_spaced(6, 6).unwrap(), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(evenly_spaced(12, 4).unwrap(), [2, 5, 8, 11]);
+        assert!(evenly_spaced(6, 7)
+            .unwrap_err()
+            .to_string()
+            .contains("6 layers"));
+        assert!(check_keep(6, &[0, 6])
+            .unwrap_err()
+            .to_string()
+            .contains("--keep 6"));
+        assert!(check_keep(6, &[2, 1]).is_err());
+        assert!(check_keep(6, &[0, 2, 4]).is_ok());
+        assert_eq!(
+            layer_of("bert.encoder.layer.11.attention.self.query.weight"),
+            Some((19, 21, 11))
+        );
+        assert_eq!(layer_of("embeddings.word_embeddings.weight"), None);
+    }
+
+    #[test]
+    fn brought_outputs_are_read_renormalised_and_refused_when_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.jsonl");
+        std::fs::write(
+            &p,
+            "{\"text\": \"a\", \"label\": \"spam\"}\n{\"text\": \"b\", \"probs\": {\"ham\": 2, \"spam\": 2}}\n",
+        )
+        .unwrap();
+        let (map, labels, renorm) = read_outputs(&p).unwrap();
+        assert_eq!(labels, ["ham", "spam"]);
+        assert_eq!(map["a"], [0.0, 1.0]);
+        assert_eq!(map["b"], [0.5, 0.5]);
+        assert_eq!(renorm, 1);
+        let e = outputs_for(&p, &map, &["a", "zzz"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 of 2") && e.contains("zzz"), "{e}");
+        std::fs::write(
+            &p,
+            "{\"text\": \"a\", \"probs\": {\"ham\": -0.5, \"spam\": 1.5}}\n",
+        )
+        .unwrap();
+        assert!(read_outputs(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("0 or more"));
+        std::fs::write(&p, "{\"text\": \"a\"}\n").unwrap();
+        assert!(read_outputs(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("\"label\" or \"probs\""));
+        std::fs::write(&p, "").unwrap();
+        assert!(read_outputs(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no teacher outputs"));
+    }
+}

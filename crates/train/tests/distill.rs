@@ -1,0 +1,138 @@
+//! Distillation on a tiny random BERT: students cut from a teacher's layers, trained on the
+//! teacher's probabilities (with unlabelled transfer texts), loadable as classifiers.
+
+mod common;
+
+use candle_core::Device;
+use common::{ex, tiny_base, toy};
+use frugal_train::classifier::{train, Classifier, Mode, SoftTargets, TrainSpec};
+use frugal_train::data::Example;
+use frugal_train::distill::{layer_count, size_of, write_student_base};
+use frugal_train::trainer::TrainConfig;
+
+fn spec<'a>(
+    base: &'a std::path::Path,
+    data: &'a [Example],
+    out: &'a std::path::Path,
+    epochs: usize,
+) -> TrainSpec<'a> {
+    TrainSpec {
+        base,
+        base_name: "tiny".into(),
+        train: data,
+        valid: None,
+        mode: Mode::Full,
+        max_len: Some(32),
+        config: TrainConfig {
+            epochs,
+            lr: 3e-3,
+            batch: 8,
+            patience: 0,
+            ..Default::default()
+        },
+        out,
+        resume: false,
+        save_every: 0,
+        interrupt: None,
+        labels: None,
+        soft: None,
+    }
+}
+
+#[test]
+fn a_student_keeps_the_chosen_layers_and_the_teachers_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (data, _) = toy();
+    let teacher = dir.path().join("teacher");
+    train(&spec(&base, &data, &teacher, 2), &mut |_| {}).unwrap();
+    let student = dir.path().join("student");
+    write_student_base(&teacher, &[1], &student).unwrap();
+    assert_eq!(layer_count(&student).unwrap(), 1);
+    let load = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (t, s) = (load(&teacher), load(&student));
+    let same = |a: &str, b: &str| {
+        let x = t[a].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        x == s[b].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let q = "encoder.layer.{}.attention.self.query.weight";
+    assert!(same(&q.replace("{}", "1"), &q.replace("{}", "0")));
+    assert!(!same(&q.replace("{}", "0"), &q.replace("{}", "0")));
+    assert!(same("classifier.weight", "classifier.weight"));
+    assert!(!s.contains_key(&q.replace("{}", "1")));
+    let (tp, _) = size_of(&teacher).unwrap();
+    let (sp, _) = size_of(&student).unwrap();
+    assert!(sp < tp);
+    // The student starts from the teacher's head.
+    let clf = Classifier::new(&student, vec!["fruit".into(), "vehicle".into()], 7).unwrap();
+    let w = clf.varmap.data().lock().unwrap()["classifier.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(
+        w,
+        t["classifier.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    );
+    let e = write_student_base(&teacher, &[0, 2], &dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--keep 2") && e.contains("2 layers"), "{e}");
+}
+
+/// A student learns from soft targets alone on unlabelled texts (no gold label is given), and
+/// learns them as probabilities: near the teacher's 0.9, not 1.
+#[test]
+fn a_student_learns_soft_targets_on_unlabelled_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (data, _) = toy();
+    let unlabelled: Vec<Example> = data.iter().map(|e| ex(&e.text, "")).collect();
+    let probs: Vec<Vec<f32>> = data
+        .iter()
+        .map(|e| {
+            if e.label == "fruit" {
+                vec![0.9, 0.1]
+            } else {
+                vec![0.2, 0.8]
+            }
+        })
+        .collect();
+    let out = dir.path().join("student");
+    let mut s = spec(&base, &unlabelled, &out, 25);
+    s.labels = Some(vec!["fruit".into(), "vehicle".into()]);
+    s.soft = Some(SoftTargets {
+        probs: probs.clone(),
+        temperature: 2.0,
+        alpha: 0.5,
+        teacher: "rule".into(),
+    });
+    let mut losses = vec![];
+    let (_, info) = train(&s, &mut |p| losses.push(p.loss)).unwrap();
+    assert_eq!(info.teacher.as_deref(), Some("rule"));
+    let (clf, _) = Classifier::load(&out).unwrap();
+    let m = clf.evaluate(&data, 8).unwrap();
+    assert!(m.accuracy >= 0.9, "{}", m.accuracy);
+    // Its probabilities approach the teacher's soft ones, not 0/1.
+    let p = clf.predict(&[data[0].text.as_str()], 1).unwrap();
+    assert!(p[0][0] > 0.6 && p[0][0] < 0.99, "{p:?}");
+    // Without soft targets, unlabelled examples are refused; so are wrong shapes.
+    let mut bad = spec(&base, &unlabelled, &out, 1);
+    bad.labels = Some(vec!["fruit".into(), "vehicle".into()]);
+    let e = train(&bad, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("empty label"), "{e}");
+    bad.soft = Some(SoftTargets {
+        probs: vec![vec![1.0]; unlabelled.len()],
+        temperature: 2.0,
+        alpha: 0.5,
+        teacher: "rule".into(),
+    });
+    let e = train(&bad, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("one probability per label"), "{e}");
+}
