@@ -70,6 +70,10 @@ pub struct DistillArgs {
     /// Chat teacher: the prompt, with {text} and {labels} filled in.
     #[arg(long)]
     prompt: Option<String>,
+    /// Chat teacher: use its raw answer probabilities, without contextual calibration (dividing
+    /// by the probabilities it gives content-free texts).
+    #[arg(long)]
+    no_calibration: bool,
     /// Chat teacher: read at most this many tokens of each text.
     #[arg(long, default_value_t = 256)]
     teacher_max_tokens: usize,
@@ -106,7 +110,7 @@ fn parse_label_words(s: &str) -> Result<(String, String), String> {
 
 /// The three kinds of teacher.
 enum Teacher {
-    Checkpoint(PathBuf, Classifier),
+    Checkpoint(PathBuf, Box<Classifier>),
     Chat(Box<ChatModel>, ChatLabeller),
     Outputs(PathBuf, std::collections::HashMap<String, Vec<f32>>),
 }
@@ -202,13 +206,13 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
             Classifier::load(&tpath).with_context(|| format!("--teacher {}", a.teacher))?;
         let labels = clf.labels.clone();
         (
-            Teacher::Checkpoint(tpath.clone(), clf),
+            Teacher::Checkpoint(tpath.clone(), Box::new(clf)),
             labels,
             Some(tpath.clone()),
         )
     } else if tpath.is_file() && tpath.extension().is_some_and(|e| e == "jsonl") {
-        let (map, labels, renormalised) =
-            read_outputs(&tpath).with_context(|| format!("--teacher {}", a.teacher))?;
+        let o = read_outputs(&tpath).with_context(|| format!("--teacher {}", a.teacher))?;
+        let (map, labels, renormalised) = (o.by_text, o.labels, o.renormalised);
         if renormalised > 0 && !ctx.quiet {
             eprintln!(
                 "note: {renormalised} teacher outputs in {} did not sum to 1 and were renormalised",
@@ -241,6 +245,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
                     prompt: a.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
                     words,
                     max_text_tokens: a.teacher_max_tokens.max(1),
+                    calibrate: !a.no_calibration,
                 };
                 (Teacher::Chat(Box::new(model), labeller), data_labels.clone(), None)
             }

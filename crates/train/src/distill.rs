@@ -141,10 +141,16 @@ pub struct ChatLabeller {
     pub words: Vec<String>,
     /// Texts are cut to this many of the chat model's tokens (bounds the cost of a prompt).
     pub max_text_tokens: usize,
+    /// Contextual calibration (Zhao et al., 2021): divide each text's label probabilities by
+    /// those the model gives content-free texts ("N/A", "", "[MASK]"), which removes a small
+    /// model's preference for some answers regardless of the text.
+    pub calibrate: bool,
 }
 
-/// The default labelling prompt.
-pub const DEFAULT_PROMPT: &str = "Classify the following text as one of: {labels}.\n\nText: {text}\n\nAnswer with the category only.";
+/// The default labelling prompt (of four tried with SmolLM2-135M on a toy task, the only one
+/// that, calibrated, got every text right).
+pub const DEFAULT_PROMPT: &str =
+    "Read the text and say which category it belongs to ({labels}).\nText: \"{text}\"\nCategory:";
 
 impl ChatLabeller {
     /// Label probabilities for each text: the softmax of each label's answer log-likelihood.
@@ -171,8 +177,7 @@ impl ChatLabeller {
             )));
         }
         let mut cache = model.new_cache();
-        let mut out = vec![];
-        for (i, text) in texts.iter().enumerate() {
+        let mut score = |text: &str| -> Result<Vec<f32>> {
             let ids = model.tokenizer.encode(text)?;
             let cut = if ids.len() > self.max_text_tokens {
                 model
@@ -188,7 +193,28 @@ impl ChatLabeller {
             let rendered = model.render(&[Message::new("user", &user)])?;
             let prompt_ids = model.tokenizer.encode(&rendered)?;
             let lp = model.continuation_logprobs(&prompt_ids, &answers, &mut cache)?;
-            out.push(softmax(&lp));
+            Ok(softmax(&lp))
+        };
+        let mut prior = vec![1f32; self.words.len()];
+        if self.calibrate {
+            let free = ["N/A", "", "[MASK]"];
+            prior = vec![0f32; self.words.len()];
+            for t in free {
+                for (p, q) in prior.iter_mut().zip(score(t)?) {
+                    *p += q / free.len() as f32;
+                }
+            }
+        }
+        let mut out = vec![];
+        for (i, text) in texts.iter().enumerate() {
+            let p = score(text)?;
+            let q: Vec<f32> = p
+                .iter()
+                .zip(&prior)
+                .map(|(p, c)| p / c.max(1e-12))
+                .collect();
+            let sum: f32 = q.iter().sum();
+            out.push(q.iter().map(|x| x / sum).collect());
             progress(i + 1);
         }
         Ok(out)
@@ -203,10 +229,20 @@ struct OutputLine {
     probs: Option<BTreeMap<String, f64>>,
 }
 
+/// Teacher outputs a user brought, by text.
+pub struct BroughtOutputs {
+    /// Probabilities per text, in `labels` order.
+    pub by_text: HashMap<String, Vec<f32>>,
+    /// Every label that occurs, sorted.
+    pub labels: Vec<String>,
+    /// How many lines' probabilities did not sum to 1 and were renormalised.
+    pub renormalised: usize,
+}
+
 /// Teacher outputs the user brings: JSONL lines `{"text", "label"}` or `{"text", "probs":
 /// {label: p}}`. Labels are all labels that occur; probabilities that do not sum to 1 are
-/// renormalised (counted in the returned number), negative ones are refused.
-pub fn read_outputs(path: &Path) -> Result<(HashMap<String, Vec<f32>>, Vec<String>, usize)> {
+/// renormalised (and counted), negative ones are refused.
+pub fn read_outputs(path: &Path) -> Result<BroughtOutputs> {
     let content = std::fs::read_to_string(path)
         .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = vec![];
@@ -272,7 +308,11 @@ pub fn read_outputs(path: &Path) -> Result<(HashMap<String, Vec<f32>>, Vec<Strin
             .collect();
         map.insert(text, v);
     }
-    Ok((map, labels, renormalised))
+    Ok(BroughtOutputs {
+        by_text: map,
+        labels,
+        renormalised,
+    })
 }
 
 fn short(t: &str) -> String {
@@ -393,14 +433,13 @@ mod tests {
             "{\"text\": \"a\", \"label\": \"spam\"}\n{\"text\": \"b\", \"probs\": {\"ham\": 2, \"spam\": 2}}\n",
         )
         .unwrap();
-        let (map, labels, renorm) = read_outputs(&p).unwrap();
-        assert_eq!(labels, ["ham", "spam"]);
+        let o = read_outputs(&p).unwrap();
+        let map = &o.by_text;
+        assert_eq!(o.labels, ["ham", "spam"]);
         assert_eq!(map["a"], [0.0, 1.0]);
         assert_eq!(map["b"], [0.5, 0.5]);
-        assert_eq!(renorm, 1);
-        let e = outputs_for(&p, &map, &["a", "zzz"])
-            .unwrap_err()
-            .to_string();
+        assert_eq!(o.renormalised, 1);
+        let e = outputs_for(&p, map, &["a", "zzz"]).unwrap_err().to_string();
         assert!(e.contains("1 of 2") && e.contains("zzz"), "{e}");
         std::fs::write(
             &p,

@@ -136,3 +136,37 @@ fn a_student_learns_soft_targets_on_unlabelled_texts() {
     let e = train(&bad, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("one probability per label"), "{e}");
 }
+
+/// The real SmolLM2 as a labeller: one probability per label, summing to 1, and the obvious
+/// label most likely for clear-cut texts.
+#[test]
+fn a_chat_model_labels_by_answer_likelihood() {
+    use frugal_train::distill::{ChatLabeller, DEFAULT_PROMPT};
+    let path = frugal_models::assets::Store::from_env()
+        .ensure("smollm2")
+        .unwrap();
+    let model = frugal_models::chat::ChatModel::load(&path).unwrap();
+    let labeller = ChatLabeller {
+        prompt: DEFAULT_PROMPT.into(),
+        words: vec!["fruit".into(), "vehicle".into()],
+        max_text_tokens: 64,
+        calibrate: true,
+    };
+    let texts = [
+        "I ate a sweet ripe banana",
+        "I drove the truck to the garage",
+    ];
+    let mut seen = 0;
+    let p = labeller.label(&model, &texts, &mut |d| seen = d).unwrap();
+    assert_eq!(seen, 2);
+    for q in &p {
+        assert_eq!(q.len(), 2);
+        assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{q:?}");
+    }
+    assert!(p[0][0] > p[0][1] && p[1][1] > p[1][0], "{p:?}");
+    let bad = ChatLabeller {
+        prompt: "no placeholder".into(),
+        ..labeller
+    };
+    assert!(bad.label(&model, &texts, &mut |_| {}).is_err());
+}
