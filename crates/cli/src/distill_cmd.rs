@@ -15,7 +15,7 @@ use frugal_train::classifier::{train, Classifier, Mode, SoftTargets, TrainSpec};
 use frugal_train::data::{load_texts, Example};
 use frugal_train::distill::{
     evenly_spaced, layer_count, outputs_for, read_outputs, size_of, write_student_base,
-    ChatLabeller, OutputCache, TeacherOutputs, DEFAULT_PROMPT,
+    ChatLabeller, OutputCache, Shrink, TeacherOutputs, DEFAULT_PROMPT,
 };
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,13 @@ pub struct DistillArgs {
     /// The base layers the student keeps, by index from 0 (e.g. 0,2,4).
     #[arg(long, value_delimiter = ',')]
     keep: Option<Vec<usize>>,
+    /// A narrower student: this hidden size (a multiple of the head size), its weights cut
+    /// from the base's leading rows and columns.
+    #[arg(long)]
+    student_hidden: Option<usize>,
+    /// The narrower student's feed-forward size (default 4 × hidden).
+    #[arg(long)]
+    student_intermediate: Option<usize>,
     /// Softening temperature T of the teacher's and student's probabilities.
     #[arg(long, default_value_t = 2.0)]
     temperature: f64,
@@ -307,7 +314,17 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     std::fs::create_dir_all(&parent).with_context(|| format!("--out {}", a.out.display()))?;
     let student_base = parent.join(format!(".{name}.student-base-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(student_base.clone());
-    write_student_base(&base, &keep, &student_base)?;
+    let shrink = match (a.student_hidden, a.student_intermediate) {
+        (None, None) => None,
+        (h, i) => {
+            let h = h.unwrap_or(base_hidden(&base)?);
+            Some(Shrink {
+                hidden: h,
+                intermediate: i.unwrap_or(4 * h),
+            })
+        }
+    };
+    write_student_base(&base, &keep, shrink, &student_base)?;
 
     // Teacher outputs for the training and transfer texts.
     let mut all = train_set.clone();
@@ -401,6 +418,10 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     t_row["parameters"] = t_params.into();
     t_row["file_bytes"] = t_bytes.into();
     s_row["layers"] = keep.len().into();
+    s_row["hidden"] = student.encoder.dim().into();
+    if let Teacher::Checkpoint(_, clf) = &teacher {
+        t_row["hidden"] = clf.encoder.dim().into();
+    }
     s_row["kept_layers"] = serde_json::json!(keep);
     s_row["parameters"] = s_params.into();
     s_row["file_bytes"] = s_bytes.into();
@@ -493,6 +514,15 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         println!("the student is {x:.2}x the teacher's speed");
     }
     Ok(())
+}
+
+/// The hidden size in an encoder folder's config.json.
+fn base_hidden(dir: &Path) -> Result<usize> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    v["hidden_size"]
+        .as_u64()
+        .map(|h| h as usize)
+        .context("config.json has no hidden_size")
 }
 
 /// Removes a temporary folder when dropped.

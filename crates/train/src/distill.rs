@@ -72,10 +72,25 @@ fn layer_of(name: &str) -> Option<(usize, usize, usize)> {
     Some((at, at + digits, k))
 }
 
+/// A narrower student: hidden and feed-forward sizes below the base's.
+#[derive(Debug, Clone, Copy)]
+pub struct Shrink {
+    pub hidden: usize,
+    pub intermediate: usize,
+}
+
 /// Writes a student encoder folder into `dir`: `from`'s embeddings, its layers `keep`
 /// (renumbered 0…), its pooling and tokenizer files, and its classification head if it has one
 /// (a `frugal train` checkpoint), so the student starts from the teacher's decision boundary.
-pub fn write_student_base(from: &Path, keep: &[usize], dir: &Path) -> Result<()> {
+/// With `shrink`, every weight is cut to the smaller sizes (the leading rows and columns: whole
+/// attention heads, since the head size is kept), a structured-pruning start rather than a
+/// random one; weights whose shapes already match are copied as they are.
+pub fn write_student_base(
+    from: &Path,
+    keep: &[usize],
+    shrink: Option<Shrink>,
+    dir: &Path,
+) -> Result<()> {
     check_keep(layer_count(from)?, keep)?;
     let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
     std::fs::create_dir_all(dir.join("1_Pooling")).map_err(|e| io(dir, e))?;
@@ -95,6 +110,41 @@ pub fn write_student_base(from: &Path, keep: &[usize], dir: &Path) -> Result<()>
     )
     .map_err(|e| Error::data(&cfg_path, format!("invalid JSON: {e}")))?;
     cfg["num_hidden_layers"] = keep.len().into();
+    let size = |k: &str| cfg[k].as_u64().unwrap_or(0) as usize;
+    let (hidden, inter, heads) = (
+        size("hidden_size"),
+        size("intermediate_size"),
+        size("num_attention_heads"),
+    );
+    // Sizes of the base that become the shrunk ones.
+    let mut cut: Vec<(usize, usize)> = vec![];
+    if let Some(sh) = shrink {
+        let head_dim = hidden / heads.max(1);
+        if sh.hidden == 0 || sh.hidden > hidden || sh.hidden % head_dim.max(1) != 0 {
+            return Err(Error::Invalid(format!(
+                "--student-hidden {}: must be a multiple of the head size {head_dim} from {head_dim} to the base's {hidden}",
+                sh.hidden
+            )));
+        }
+        if sh.intermediate == 0 || sh.intermediate > inter {
+            return Err(Error::Invalid(format!(
+                "--student-intermediate {}: must be 1 to the base's {inter}",
+                sh.intermediate
+            )));
+        }
+        cfg["hidden_size"] = sh.hidden.into();
+        cfg["intermediate_size"] = sh.intermediate.into();
+        cfg["num_attention_heads"] = (sh.hidden / head_dim).into();
+        cut = vec![(hidden, sh.hidden), (inter, sh.intermediate)];
+        let pool = dir.join("1_Pooling/config.json");
+        if let Ok(bytes) = std::fs::read(&pool) {
+            if let Ok(mut p) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                p["word_embedding_dimension"] = sh.hidden.into();
+                std::fs::write(&pool, serde_json::to_vec_pretty(&p).expect("json"))
+                    .map_err(|e| io(&pool, e))?;
+            }
+        }
+    }
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_vec_pretty(&cfg).expect("json"),
@@ -108,7 +158,19 @@ pub fn write_student_base(from: &Path, keep: &[usize], dir: &Path) -> Result<()>
         )
     })?;
     let mut out: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in tensors {
+    for (name, mut t) in tensors {
+        // Cut each axis of a shrunk size; the head's label axis and the embeddings' token and
+        // position axes stay whatever their length.
+        for axis in 0..t.rank() {
+            let n = t.dim(axis)?;
+            if let Some(&(_, to)) = cut.iter().find(|(from, _)| *from == n) {
+                let is_index_axis = axis == 0
+                    && (name.starts_with("classifier.") || name.ends_with("_embeddings.weight"));
+                if !is_index_axis {
+                    t = t.narrow(axis, 0, to)?.contiguous()?;
+                }
+            }
+        }
         match layer_of(&name) {
             Some((a, b, k)) => {
                 if let Some(i) = keep.iter().position(|&x| x == k) {

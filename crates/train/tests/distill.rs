@@ -7,7 +7,7 @@ use candle_core::Device;
 use common::{ex, tiny_base, toy};
 use frugal_train::classifier::{train, Classifier, Mode, SoftTargets, TrainSpec};
 use frugal_train::data::Example;
-use frugal_train::distill::{layer_count, size_of, write_student_base};
+use frugal_train::distill::{layer_count, size_of, write_student_base, Shrink};
 use frugal_train::trainer::TrainConfig;
 
 fn spec<'a>(
@@ -47,7 +47,7 @@ fn a_student_keeps_the_chosen_layers_and_the_teachers_head() {
     let teacher = dir.path().join("teacher");
     train(&spec(&base, &data, &teacher, 2), &mut |_| {}).unwrap();
     let student = dir.path().join("student");
-    write_student_base(&teacher, &[1], &student).unwrap();
+    write_student_base(&teacher, &[1], None, &student).unwrap();
     assert_eq!(layer_count(&student).unwrap(), 1);
     let load = |d: &std::path::Path| {
         candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap()
@@ -80,10 +80,57 @@ fn a_student_keeps_the_chosen_layers_and_the_teachers_head() {
             .to_vec1::<f32>()
             .unwrap()
     );
-    let e = write_student_base(&teacher, &[0, 2], &dir.path().join("x"))
+    let e = write_student_base(&teacher, &[0, 2], None, &dir.path().join("x"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("--keep 2") && e.contains("2 layers"), "{e}");
+}
+
+/// A narrower student: the leading rows and columns of every weight, loadable and trainable.
+#[test]
+fn a_narrower_student_is_cut_from_the_leading_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (data, _) = toy();
+    let teacher = dir.path().join("teacher");
+    train(&spec(&base, &data, &teacher, 1), &mut |_| {}).unwrap();
+    let student = dir.path().join("narrow");
+    let shrink = Shrink {
+        hidden: 16,
+        intermediate: 32,
+    };
+    write_student_base(&teacher, &[0, 1], Some(shrink), &student).unwrap();
+    let s =
+        candle_core::safetensors::load(student.join("model.safetensors"), &Device::Cpu).unwrap();
+    let t =
+        candle_core::safetensors::load(teacher.join("model.safetensors"), &Device::Cpu).unwrap();
+    let q = "encoder.layer.0.attention.self.query.weight";
+    assert_eq!(s[q].dims(), [16, 16]);
+    let want = t[q].narrow(0, 0, 16).unwrap().narrow(1, 0, 16).unwrap();
+    assert_eq!(
+        s[q].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert_eq!(s["embeddings.word_embeddings.weight"].dims(), [30522, 16]);
+    assert_eq!(s["embeddings.position_embeddings.weight"].dims(), [512, 16]);
+    assert_eq!(
+        s["encoder.layer.1.intermediate.dense.weight"].dims(),
+        [32, 16]
+    );
+    assert_eq!(s["classifier.weight"].dims(), [2, 16]);
+    let out = dir.path().join("narrow-trained");
+    train(&spec(&student, &data, &out, 2), &mut |_| {}).unwrap();
+    let (clf, _) = Classifier::load(&out).unwrap();
+    assert_eq!(clf.encoder.dim(), 16);
+    // Head size 8 (32 / 4 heads): 12 is not a whole number of heads.
+    let bad = Shrink {
+        hidden: 12,
+        intermediate: 32,
+    };
+    let e = write_student_base(&teacher, &[0], Some(bad), &dir.path().join("y"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of the head size 8"), "{e}");
 }
 
 /// A student learns from soft targets alone on unlabelled texts (no gold label is given), and
