@@ -11,7 +11,7 @@ use clap::Args;
 use frugal_models::chat::sampling::argmax;
 use frugal_models::chat::ChatModel;
 use frugal_models::resolve::{resolve_model, ModelPath};
-use frugal_train::classifier::{train, Classifier, Mode, SoftTargets, TrainSpec};
+use frugal_train::classifier::{train, Classifier, HiddenMatch, Mode, SoftTargets, TrainSpec};
 use frugal_train::data::{load_texts, Example};
 use frugal_train::distill::{
     evenly_spaced, layer_count, outputs_for, read_outputs, size_of, write_student_base,
@@ -67,6 +67,10 @@ pub struct DistillArgs {
     /// Weight α of the teacher's term; 1 − α goes to the gold labels (where there are any).
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
+    /// Weight β of a hidden-state loss: each student layer's token vectors pulled towards the
+    /// teacher layer it was cut from, by mean squared error (checkpoint teachers; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    hidden_weight: f64,
     /// Learn the teacher's top label as a hard label instead of its probabilities (the baseline
     /// that distillation is measured against).
     #[arg(long)]
@@ -289,8 +293,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         (None, None) => store(ctx.quiet).ensure("minilm")?,
     };
     if let Some(t) = &teacher_dir {
-        let same = std::fs::read(t.join("tokenizer.json")).ok()
-            == std::fs::read(base.join("tokenizer.json")).ok();
+        let same = frugal_train::classifier::same_tokenizer(t, &base);
         if !same && !ctx.quiet {
             eprintln!("note: the student's tokenizer differs from the teacher's; that is fine here, because the student learns the teacher's probabilities per text, not its hidden states token by token");
         }
@@ -355,6 +358,15 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         patience: a.patience as usize,
         ..Default::default()
     };
+    let hidden = match &teacher {
+        _ if a.hidden_weight == 0.0 => None,
+        Teacher::Checkpoint(d, _) => Some(HiddenMatch {
+            teacher: d.clone(),
+            layers: keep.clone(),
+            weight: a.hidden_weight,
+        }),
+        _ => bail!("--hidden-weight: hidden states come from a checkpoint teacher; this teacher gives only probabilities"),
+    };
     let spec = TrainSpec {
         base: &student_base,
         base_name: format!(
@@ -381,6 +393,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
                 if a.hard { " (hard labels)" } else { "" }
             ),
         }),
+        hidden,
     };
     catch_ctrl_c();
     let steps = all.len().div_ceil(config.batch) * config.epochs;

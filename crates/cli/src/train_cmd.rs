@@ -156,6 +156,7 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         interrupt: Some(&INTERRUPT),
         labels: None,
         soft: None,
+        hidden: None,
     };
     catch_ctrl_c();
     let steps = train_set.len().div_ceil(config.batch) * config.epochs;

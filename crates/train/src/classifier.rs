@@ -290,6 +290,49 @@ pub struct TrainSpec<'a> {
     pub labels: Option<Vec<String>>,
     /// Distillation: a teacher's probabilities to learn from.
     pub soft: Option<SoftTargets>,
+    /// Distillation: a teacher's hidden states to imitate (full mode).
+    pub hidden: Option<HiddenMatch>,
+}
+
+/// Hidden-state distillation: each student layer's token vectors pulled towards a teacher
+/// layer's by mean squared error (same tokenizer and hidden size needed).
+#[derive(Debug, Clone)]
+pub struct HiddenMatch {
+    /// The teacher's encoder folder (kept frozen).
+    pub teacher: PathBuf,
+    /// For each student layer, the teacher layer it imitates.
+    pub layers: Vec<usize>,
+    /// Weight β of the mean squared error in the loss.
+    pub weight: f64,
+}
+
+/// A loaded hidden-state target.
+struct HiddenTarget {
+    teacher: Encoder,
+    layers: Vec<usize>,
+    weight: f64,
+}
+
+impl HiddenTarget {
+    /// Mean over real tokens, layers and dimensions of (student − teacher)².
+    fn mse(&self, student: &[Tensor], ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let teacher = self.teacher.model.forward_layers(ids, mask, true)?;
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let dim = student[0].dim(2)? as f64;
+        let count = (m.sum_all()?.to_scalar::<f32>()? as f64 * dim * student.len() as f64).max(1.0);
+        let mut total: Option<Tensor> = None;
+        for (s, &t) in student.iter().zip(&self.layers) {
+            let d = (s - teacher[t].detach())?
+                .sqr()?
+                .broadcast_mul(&m)?
+                .sum_all()?;
+            total = Some(match total {
+                Some(x) => (x + d)?,
+                None => d,
+            });
+        }
+        total.expect("at least one layer") / count
+    }
 }
 
 /// A teacher's label probabilities for each training example (in `labels` order), and how to
@@ -331,6 +374,7 @@ struct ClassifyTask<'a> {
     /// Distillation: teacher probabilities at temperature T (n x labels), Σ p·log p per example,
     /// and the weights of the teacher and gold terms per example.
     soft: Option<SoftTensors>,
+    hidden: Option<HiddenTarget>,
 }
 
 struct SoftTensors {
@@ -344,12 +388,8 @@ struct SoftTensors {
 /// Labels that mark an example as unlabelled in `targets`.
 const UNLABELLED: u32 = u32::MAX;
 
-impl Task for ClassifyTask<'_> {
-    fn len(&self) -> usize {
-        self.targets.len()
-    }
-
-    fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
+impl ClassifyTask<'_> {
+    fn loss_of(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
         let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
         // Dropout masks follow from the seed and the batch, not from how many ran before.
         let mut h = self.spec.config.seed ^ 0x517c_c1b7_2722_0a95;
@@ -363,33 +403,67 @@ impl Task for ClassifyTask<'_> {
             batch.iter().map(|&i| self.targets[i]).collect::<Vec<_>>(),
             &Device::Cpu,
         )?;
+        let mut hidden_mse = None;
         let pooled = match &self.cached {
             Some(emb) => emb.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?,
             None => {
                 let ids: Vec<&[u32]> = batch.iter().map(|&i| self.tokens[i].as_slice()).collect();
                 let (ids, mask) = self.clf.encoder.batch_tensors(&ids).map_err(to_candle)?;
-                self.clf.encoder.pooled(&ids, &mask).map_err(to_candle)?
+                let enc = &self.clf.encoder;
+                let outs = enc
+                    .model
+                    .forward_layers(&ids, &mask, self.hidden.is_some())?;
+                let last = outs.last().expect("the last layer");
+                if let Some(h) = &self.hidden {
+                    hidden_mse = Some(h.mse(&outs, &ids, &mask)?);
+                }
+                enc.pool(last, &mask).map_err(to_candle)?
             }
         };
         let logits = self.clf.head.forward(&pooled)?;
+        let loss = self.output_loss(&logits, &target, batch, &idx)?;
+        match (hidden_mse, &self.hidden) {
+            (Some(mse), Some(h)) => loss + (mse * h.weight)?,
+            _ => Ok(loss),
+        }
+    }
+
+    /// Cross-entropy on gold labels, or the distillation loss with soft targets.
+    fn output_loss(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        batch: &[usize],
+        idx: &[u32],
+    ) -> candle_core::Result<Tensor> {
         let Some(soft) = &self.soft else {
-            return candle_nn::loss::cross_entropy(&logits, &target);
+            return candle_nn::loss::cross_entropy(logits, target);
         };
         let dev = &Device::Cpu;
-        let idx = Tensor::new(idx.as_slice(), dev)?;
+        let idx = Tensor::new(idx, dev)?;
         let t = soft.temperature;
         let p = soft.probs.index_select(&idx, 0)?;
         let plogp = soft.plogp.index_select(&idx, 0)?;
-        let logq = candle_nn::ops::log_softmax(&(&logits / t)?, D::Minus1)?;
+        let logq = candle_nn::ops::log_softmax(&(logits / t)?, D::Minus1)?;
         let kd = ((plogp - (p * logq)?.sum(1)?)? * (t * t))?;
         let pick = |w: &Vec<f32>| Tensor::new(batch.iter().map(|&i| w[i]).collect::<Vec<_>>(), dev);
         let (w_kd, w_ce) = (pick(&soft.w_kd)?, pick(&soft.w_ce)?);
         let gold = target.clamp(0u32, (self.clf.labels.len() - 1) as u32)?;
-        let ce = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+        let ce = candle_nn::ops::log_softmax(logits, D::Minus1)?
             .gather(&gold.unsqueeze(1)?, 1)?
             .squeeze(1)?
             .neg()?;
         ((kd * w_kd)? + (ce * w_ce)?)?.mean_all()
+    }
+}
+
+impl Task for ClassifyTask<'_> {
+    fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
+        self.loss_of(batch)
     }
 
     fn validate(&mut self) -> Result<Option<f64>> {
@@ -410,6 +484,61 @@ impl Task for ClassifyTask<'_> {
         self.info.epoch = Some(epoch);
         self.clf.save(self.spec.base, self.spec.out, &self.info)
     }
+}
+
+/// Whether two encoder folders tokenize alike: equal tokenizer.json contents (as JSON, so
+/// formatting does not matter).
+pub fn same_tokenizer(a: &Path, b: &Path) -> bool {
+    let read = |d: &Path| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(d.join("tokenizer.json")).ok()?).ok()
+    };
+    matches!((read(a), read(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Loads the teacher for hidden-state matching and checks it can be compared token by token.
+fn hidden_target(h: &HiddenMatch, student: &Classifier, spec: &TrainSpec) -> Result<HiddenTarget> {
+    if spec.mode != Mode::Full {
+        return Err(Error::Invalid(
+            "hidden-state matching trains the encoder: use full mode".into(),
+        ));
+    }
+    if !(h.weight.is_finite() && h.weight > 0.0) {
+        return Err(Error::Invalid(format!(
+            "--hidden-weight {}: give a positive weight (0 turns hidden-state matching off)",
+            h.weight
+        )));
+    }
+    let same_tokens = same_tokenizer(&h.teacher, spec.base);
+    if !same_tokens {
+        return Err(Error::Invalid(format!(
+            "hidden-state matching compares teacher and student token by token, so both need the same tokenizer; {} and the student's base tokenize differently (distil the output probabilities only, which works across tokenizers)",
+            h.teacher.display()
+        )));
+    }
+    let mut teacher = Encoder::load(&h.teacher)?;
+    teacher.set_max_len(student.encoder.max_len())?;
+    if teacher.dim() != student.encoder.dim() {
+        return Err(Error::Invalid(format!(
+            "hidden-state matching needs the same hidden size; the teacher's is {}, the student's {}",
+            teacher.dim(),
+            student.encoder.dim()
+        )));
+    }
+    let n = teacher.model.config.num_hidden_layers;
+    if h.layers.len() != student.encoder.model.config.num_hidden_layers
+        || h.layers.iter().any(|&l| l >= n)
+    {
+        return Err(Error::Invalid(format!(
+            "hidden-state matching: {} layer pairs for a {}-layer student and a {n}-layer teacher",
+            h.layers.len(),
+            student.encoder.model.config.num_hidden_layers
+        )));
+    }
+    Ok(HiddenTarget {
+        teacher,
+        layers: h.layers.clone(),
+        weight: h.weight,
+    })
 }
 
 fn to_candle(e: frugal_models::Error) -> candle_core::Error {
@@ -463,6 +592,10 @@ pub fn train(
     if let Some(m) = spec.max_len {
         clf.encoder.set_max_len(m)?;
     }
+    let hidden = match &spec.hidden {
+        None => None,
+        Some(h) => Some(hidden_target(h, &clf, spec)?),
+    };
     if let Some(valid) = spec.valid {
         if let Some(e) = valid.iter().find(|e| !known.contains(e.label.as_str())) {
             return Err(Error::Invalid(format!(
@@ -572,6 +705,7 @@ pub fn train(
         info,
         last_metrics: None,
         soft,
+        hidden,
     };
     let control = Control {
         checkpointing: Some(Checkpointing {
@@ -584,9 +718,12 @@ pub fn train(
                 task.info.base_weights_sha256,
                 task.info.mode,
                 task.info.max_len,
-                spec.soft
-                    .as_ref()
-                    .map(|s| (&s.teacher, s.temperature, s.alpha))
+                (
+                    spec.soft
+                        .as_ref()
+                        .map(|s| (&s.teacher, s.temperature, s.alpha)),
+                    spec.hidden.as_ref().map(|h| (&h.layers, h.weight))
+                )
             ),
         }),
         interrupt: spec.interrupt,

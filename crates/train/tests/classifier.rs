@@ -40,6 +40,7 @@ fn full_fine_tuning_learns_saves_and_reloads() {
         interrupt: None,
         labels: None,
         soft: None,
+        hidden: None,
     };
     let mut losses = vec![];
     train(&spec, &mut |p| losses.push(p.loss)).unwrap();
@@ -102,6 +103,7 @@ fn an_interrupted_fine_tuning_resumes_to_the_same_checkpoint() {
         interrupt: None,
         labels: None,
         soft: None,
+        hidden: None,
     };
     train(&spec, &mut |_| {}).unwrap();
     assert!(
@@ -176,6 +178,7 @@ fn a_single_class_and_unknown_validation_labels_are_refused() {
         interrupt: None,
         labels: None,
         soft: None,
+        hidden: None,
     };
     let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("at least 2 labels"), "{e}");
@@ -219,6 +222,7 @@ fn transfer_learning_on_real_minilm_separates_the_toy_task() {
         interrupt: None,
         labels: None,
         soft: None,
+        hidden: None,
     };
     let (report, info) = train(&spec, &mut |_| {}).unwrap();
     assert_eq!(report.best_score, Some(1.0), "{:?}", report.history);

@@ -36,6 +36,7 @@ fn spec<'a>(
         interrupt: None,
         labels: None,
         soft: None,
+        hidden: None,
     }
 }
 
@@ -216,4 +217,87 @@ fn a_chat_model_labels_by_answer_likelihood() {
         ..labeller
     };
     assert!(bad.label(&model, &texts, &mut |_| {}).is_err());
+}
+
+/// Hidden-state matching pulls the student's layer towards the teacher layer it imitates, and is
+/// refused across tokenizers, with the reason.
+#[test]
+fn hidden_state_matching_pulls_the_student_towards_the_teacher() {
+    use frugal_models::encoder::Encoder;
+    use frugal_train::classifier::HiddenMatch;
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (data, _) = toy();
+    let teacher = dir.path().join("teacher");
+    train(&spec(&base, &data, &teacher, 3), &mut |_| {}).unwrap();
+    let student_base = dir.path().join("sb");
+    write_student_base(&teacher, &[1], None, &student_base).unwrap();
+    let texts: Vec<&str> = data.iter().map(|e| e.text.as_str()).collect();
+    let gap = |student: &std::path::Path| -> f32 {
+        let (t, s) = (
+            Encoder::load(&teacher).unwrap(),
+            Encoder::load(student).unwrap(),
+        );
+        let ids: Vec<Vec<u32>> = t
+            .tokenize(&texts)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.ids)
+            .collect();
+        let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+        let (ids, mask) = t.batch_tensors(&refs).unwrap();
+        let a = t.model.forward_layers(&ids, &mask, true).unwrap();
+        let b = s.model.forward_layers(&ids, &mask, true).unwrap();
+        (&a[1] - &b[0])
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let before = gap(&student_base);
+    let out = dir.path().join("student");
+    let mut s = spec(&student_base, &data, &out, 10);
+    s.hidden = Some(HiddenMatch {
+        teacher: teacher.clone(),
+        layers: vec![1],
+        weight: 10.0,
+    });
+    train(&s, &mut |_| {}).unwrap();
+    let after = gap(&out);
+    assert!(after < before * 0.7, "gap {before} -> {after}");
+
+    // Another tokenizer: refused, saying why.
+    let other = dir.path().join("other-tok");
+    std::fs::create_dir_all(other.join("1_Pooling")).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(student_base.join(f), other.join(f)).unwrap();
+    }
+    let tok = std::fs::read_to_string(student_base.join("tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&tok).unwrap();
+    v["model"]["vocab"]["zz-not-a-token-zz"] = 30522.into();
+    std::fs::write(
+        other.join("tokenizer.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+    assert!(!frugal_train::classifier::same_tokenizer(&teacher, &other));
+    let mut s = spec(&other, &data, &out, 1);
+    s.hidden = Some(HiddenMatch {
+        teacher: teacher.clone(),
+        layers: vec![1],
+        weight: 1.0,
+    });
+    let e = train(&s, &mut |_| {}).err().unwrap().to_string();
+    assert!(
+        e.contains("same tokenizer") && e.contains("works across tokenizers"),
+        "{e}"
+    );
 }

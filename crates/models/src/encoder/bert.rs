@@ -177,6 +177,18 @@ impl Bert {
 
     /// `ids`, `mask`: (batch, len) u32 tensors, mask 1 for real tokens. Returns (batch, len, hidden).
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let mut out = self.forward_layers(ids, mask, false)?;
+        Ok(out.pop().expect("at least the last layer"))
+    }
+
+    /// Like `forward`, but with every layer's output when `all` (for hidden-state distillation);
+    /// otherwise only the last one.
+    pub fn forward_layers(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        all: bool,
+    ) -> candle_core::Result<Vec<Tensor>> {
         let (b, len) = ids.dims2()?;
         let c = &self.config;
         let (h, nh) = (c.hidden_size, c.num_attention_heads);
@@ -200,6 +212,7 @@ impl Bert {
             None
         };
         let scale = 1.0 / (dh as f64).sqrt();
+        let mut outs = vec![];
         for layer in &self.layers {
             let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
             let q = heads((layer.query.forward(&x)? * scale)?)?;
@@ -223,8 +236,14 @@ impl Bert {
             let i = gelu_erf(&layer.inter.forward(&x)?)?;
             let o = self.drop(layer.out.forward(&i)?, self.hidden_dropout)?;
             x = layer.out_norm.forward(&(o + &x)?, self.train)?;
+            if all {
+                outs.push(x.reshape((b, len, h))?);
+            }
         }
-        x.reshape((b, len, h))
+        if !all {
+            outs.push(x.reshape((b, len, h))?);
+        }
+        Ok(outs)
     }
 }
 

@@ -316,7 +316,11 @@ impl Encoder {
 
     /// Runs one padded batch and pools it: (batch, dim) tensor, normalised if configured.
     pub fn pooled(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let hidden = self.model.forward(ids, mask)?;
+        self.pool(&self.model.forward(ids, mask)?, mask)
+    }
+
+    /// Pools token vectors (batch, len, hidden) into one per text, normalised if configured.
+    pub fn pool(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
