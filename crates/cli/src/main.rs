@@ -64,7 +64,7 @@ enum Command {
     Predict(train_cmd::PredictArgs),
     /// Distil a teacher (a checkpoint, a chat model, or brought outputs) into a smaller, faster
     /// student classifier, and compare the two.
-    Distill(distill_cmd::DistillArgs),
+    Distill(Box<distill_cmd::DistillArgs>),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -177,7 +177,7 @@ fn main() {
         Command::Train(a) => train_cmd::train_cmd(a, &ctx),
         Command::Eval(a) => train_cmd::eval_cmd(a, &ctx),
         Command::Predict(a) => train_cmd::predict_cmd(a, &ctx),
-        Command::Distill(a) => distill_cmd::distill_cmd(a, &ctx),
+        Command::Distill(a) => distill_cmd::distill_cmd(*a, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.
