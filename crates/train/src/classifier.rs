@@ -147,39 +147,21 @@ impl Classifier {
     /// Writes the checkpoint atomically: a temporary folder renamed over `dir`, so an
     /// interrupted save leaves the previous checkpoint intact.
     pub fn save(&self, base: &Path, dir: &Path, info: &CheckpointInfo) -> Result<()> {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "checkpoint".into());
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::data(parent, format!("cannot create: {e}")))?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        for f in BASE_FILES {
-            let (from, to) = (base.join(f), tmp.join(f));
-            if from.is_file() {
-                if let Some(p) = to.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
+        crate::replace_dir(dir, |tmp| {
+            let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+            for f in BASE_FILES {
+                let (from, to) = (base.join(f), tmp.join(f));
+                if from.is_file() {
+                    if let Some(p) = to.parent() {
+                        std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
+                    }
+                    std::fs::copy(&from, &to).map_err(|e| io(&to, e))?;
                 }
-                std::fs::copy(&from, &to).map_err(|e| io(&to, e))?;
             }
-        }
-        self.varmap.save(tmp.join("model.safetensors"))?;
-        let json = serde_json::to_vec_pretty(info).expect("checkpoint info serialises");
-        std::fs::write(tmp.join("frugal.json"), json).map_err(|e| io(&tmp, e))?;
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+            self.varmap.save(tmp.join("model.safetensors"))?;
+            let json = serde_json::to_vec_pretty(info).expect("checkpoint info serialises");
+            std::fs::write(tmp.join("frugal.json"), json).map_err(|e| io(tmp, e))
+        })
     }
 
     /// The variables `mode` trains, named and sorted by name (so a saved optimiser state lines

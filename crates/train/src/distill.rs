@@ -292,6 +292,7 @@ struct OutputLine {
 }
 
 /// Teacher outputs a user brought, by text.
+#[derive(Debug)]
 pub struct BroughtOutputs {
     /// Probabilities per text, in `labels` order.
     pub by_text: HashMap<String, Vec<f32>>,

@@ -50,5 +50,35 @@ fn interrupted(dir: &Option<PathBuf>) -> String {
     }
 }
 
+/// Replaces the folder `dir` atomically: `fill` writes the new contents into a temporary
+/// sibling folder, which is then renamed into place, so an interrupted write never leaves a
+/// half-written `dir` nor loses the previous one.
+pub(crate) fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
 /// Result alias for the training side.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -161,35 +161,18 @@ struct State {
 const STATE_FILE: &str = "trainer_state.json";
 
 fn save_state(dir: &Path, state: &State, opt: &AdamW, names: &[String]) -> Result<()> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "state".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
-    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    let params: HashMap<String, Tensor> = names
-        .iter()
-        .zip(opt.vars())
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
-    candle_core::safetensors::save(&opt.state()?, tmp.join("optimizer.safetensors"))?;
-    let json = serde_json::to_vec_pretty(state).expect("trainer state serialises");
-    std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| io(&tmp, e))?;
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    crate::replace_dir(dir, |tmp| {
+        let params: HashMap<String, Tensor> = names
+            .iter()
+            .zip(opt.vars())
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&params, tmp.join("params.safetensors"))?;
+        candle_core::safetensors::save(&opt.state()?, tmp.join("optimizer.safetensors"))?;
+        let json = serde_json::to_vec_pretty(state).expect("trainer state serialises");
+        std::fs::write(tmp.join(STATE_FILE), json)
+            .map_err(|e| Error::data(tmp, format!("cannot write: {e}")))
+    })
 }
 
 /// Reads the state in `ck.dir` and puts its weights and moments into `opt`, after checking it
