@@ -1,4 +1,4 @@
-//! Charts as SVG files: the TCO stacked bars.
+//! Charts as SVG files: the TCO stacked bars, the few-shot learning curve.
 
 use anyhow::{Context, Result};
 use frugal_cost::tco::Report;
@@ -13,16 +13,102 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(0x59, 0xa1, 0x4f),
 ];
 
-/// One stacked bar per scenario, split into the five cost drivers. Written to a temporary file
-/// beside `path`, then renamed, so a failed run leaves no half-written chart.
-pub fn tco_bars(report: &Report, path: &Path) -> Result<()> {
+/// Draws into a temporary file beside `path`, then renames it, so a failed run leaves no
+/// half-written chart.
+fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension("svg.partial");
-    let result = draw(report, &tmp);
+    let result = draw(&tmp);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One stacked bar per scenario, split into the five cost drivers.
+pub fn tco_bars(report: &Report, path: &Path) -> Result<()> {
+    atomically(path, |tmp| draw(report, tmp))
+}
+
+/// One point of a learning curve: examples per label, and the mean, lowest and highest
+/// accuracy over seeds.
+pub struct CurvePoint {
+    pub shots: usize,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Accuracy against examples per label (log₂ axis), with the spread over seeds as error bars,
+/// and horizontal reference lines (zero-shot, full fine-tuning).
+pub fn learning_curve(
+    title: &str,
+    points: &[CurvePoint],
+    refs: &[(String, f64)],
+    path: &Path,
+) -> Result<()> {
+    atomically(path, |tmp| {
+        let root = SVGBackend::new(tmp, (760, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let xs: Vec<f64> = points.iter().map(|p| (p.shots as f64).log2()).collect();
+        let (x0, x1) = (
+            xs.iter().copied().fold(f64::INFINITY, f64::min) - 0.3,
+            xs.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 0.3,
+        );
+        let lows = points.iter().map(|p| p.min).chain(refs.iter().map(|r| r.1));
+        let y0 = (lows.fold(1.0, f64::min) - 0.05).max(0.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("labelled examples per label")
+            .y_desc("accuracy")
+            .x_labels(points.len() + 2)
+            .x_label_formatter(&|x| {
+                let k = 2f64.powf(*x);
+                if (k - k.round()).abs() < 0.01 {
+                    format!("{}", k.round())
+                } else {
+                    String::new()
+                }
+            })
+            .draw()?;
+        let c = COLORS[0];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().zip(&xs).map(|(p, &x)| (x, p.mean)),
+                c.stroke_width(2),
+            ))?
+            .label("few-shot (mean over seeds)")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart.draw_series(
+            points
+                .iter()
+                .zip(&xs)
+                .map(|(p, &x)| ErrorBar::new_vertical(x, p.min, p.mean, p.max, c.filled(), 8)),
+        )?;
+        for (i, (name, v)) in refs.iter().enumerate() {
+            let color = COLORS[(i + 1) % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new([(x0, *v), (x1, *v)], color.stroke_width(2)))?
+                .label(format!("{name} ({v:.3})"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
 }
 
 fn draw(report: &Report, path: &Path) -> Result<()> {

@@ -9,6 +9,7 @@ mod cost_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod embed;
+mod fewshot_cmd;
 mod generate;
 mod io;
 mod tco_cmd;
@@ -65,6 +66,14 @@ enum Command {
     /// Distil a teacher (a checkpoint, a chat model, or brought outputs) into a smaller, faster
     /// student classifier, and compare the two.
     Distill(Box<distill_cmd::DistillArgs>),
+    /// Classify with no labelled examples: label descriptions (encoders) or a prompt (chat models).
+    Zeroshot(Box<fewshot_cmd::ZeroShotArgs>),
+    /// Learn from K examples per label: SetFit-style contrastive fine-tuning (encoders) or the
+    /// nearest examples in context (chat models).
+    Fewshot(Box<fewshot_cmd::FewShotArgs>),
+    /// Accuracy against labelled examples per label (few-shot over seeds), beside zero-shot and
+    /// full fine-tuning; optionally as an SVG chart.
+    Curve(Box<fewshot_cmd::CurveArgs>),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -178,6 +187,9 @@ fn main() {
         Command::Eval(a) => train_cmd::eval_cmd(a, &ctx),
         Command::Predict(a) => train_cmd::predict_cmd(a, &ctx),
         Command::Distill(a) => distill_cmd::distill_cmd(*a, &ctx),
+        Command::Zeroshot(a) => fewshot_cmd::zeroshot_cmd(*a, &ctx),
+        Command::Fewshot(a) => fewshot_cmd::fewshot_cmd(*a, &ctx),
+        Command::Curve(a) => fewshot_cmd::curve_cmd(*a, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

@@ -7,9 +7,9 @@
 //! `trainer` through `classifier::train`, with the distillation loss
 //! α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(y, z_s) (see `classifier::SoftTargets`).
 
+pub use crate::labeller::{ChatLabeller, DEFAULT_PROMPT};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
-use frugal_models::chat::{ChatModel, Message};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -184,103 +184,6 @@ pub fn write_student_base(
     }
     candle_core::safetensors::save(&out, dir.join("model.safetensors"))?;
     Ok(())
-}
-
-/// Softmax of scores (log-likelihoods) into probabilities.
-fn softmax(xs: &[f64]) -> Vec<f32> {
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = xs.iter().map(|x| (x - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|x| (x / sum) as f32).collect()
-}
-
-/// How a chat model labels a text.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatLabeller {
-    /// The user message; `{text}` is replaced by the text, `{labels}` by the label words.
-    pub prompt: String,
-    /// The words the model would answer for each label, in the label order.
-    pub words: Vec<String>,
-    /// Texts are cut to this many of the chat model's tokens (bounds the cost of a prompt).
-    pub max_text_tokens: usize,
-    /// Contextual calibration (Zhao et al., 2021): divide each text's label probabilities by
-    /// those the model gives content-free texts ("N/A", "", "[MASK]"), which removes a small
-    /// model's preference for some answers regardless of the text.
-    pub calibrate: bool,
-}
-
-/// The default labelling prompt (of four tried with SmolLM2-135M on a toy task, the only one
-/// that, calibrated, got every text right).
-pub const DEFAULT_PROMPT: &str =
-    "Read the text and say which category it belongs to ({labels}).\nText: \"{text}\"\nCategory:";
-
-impl ChatLabeller {
-    /// Label probabilities for each text: the softmax of each label's answer log-likelihood.
-    pub fn label(
-        &self,
-        model: &ChatModel,
-        texts: &[&str],
-        progress: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Vec<f32>>> {
-        if !self.prompt.contains("{text}") {
-            return Err(Error::Invalid(
-                "the labelling prompt must contain {text}, where each text goes".into(),
-            ));
-        }
-        let answers: Vec<Vec<u32>> = self
-            .words
-            .iter()
-            .map(|w| model.tokenizer.encode(w))
-            .collect::<std::result::Result<_, _>>()?;
-        if let Some(i) = answers.iter().position(Vec::is_empty) {
-            return Err(Error::Invalid(format!(
-                "label {} has empty words to score",
-                i + 1
-            )));
-        }
-        let mut cache = model.new_cache();
-        let mut score = |text: &str| -> Result<Vec<f32>> {
-            let ids = model.tokenizer.encode(text)?;
-            let cut = if ids.len() > self.max_text_tokens {
-                model
-                    .tokenizer
-                    .decode(&ids[..self.max_text_tokens], false)?
-            } else {
-                text.to_string()
-            };
-            let user = self
-                .prompt
-                .replace("{labels}", &self.words.join(", "))
-                .replace("{text}", &cut);
-            let rendered = model.render(&[Message::new("user", &user)])?;
-            let prompt_ids = model.tokenizer.encode(&rendered)?;
-            let lp = model.continuation_logprobs(&prompt_ids, &answers, &mut cache)?;
-            Ok(softmax(&lp))
-        };
-        let mut prior = vec![1f32; self.words.len()];
-        if self.calibrate {
-            let free = ["N/A", "", "[MASK]"];
-            prior = vec![0f32; self.words.len()];
-            for t in free {
-                for (p, q) in prior.iter_mut().zip(score(t)?) {
-                    *p += q / free.len() as f32;
-                }
-            }
-        }
-        let mut out = vec![];
-        for (i, text) in texts.iter().enumerate() {
-            let p = score(text)?;
-            let q: Vec<f32> = p
-                .iter()
-                .zip(&prior)
-                .map(|(p, c)| p / c.max(1e-12))
-                .collect();
-            let sum: f32 = q.iter().sum();
-            out.push(q.iter().map(|x| x / sum).collect());
-            progress(i + 1);
-        }
-        Ok(out)
-    }
 }
 
 /// One line of a bring-your-own teacher file.

@@ -5,6 +5,8 @@
 pub mod classifier;
 pub mod data;
 pub mod distill;
+pub mod fewshot;
+pub mod labeller;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;
