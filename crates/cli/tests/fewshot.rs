@@ -1,0 +1,191 @@
+//! `frugal zeroshot`, `fewshot` and `curve` end to end on the real MiniLM, with bad input.
+
+use std::process::Command;
+
+fn frugal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_frugal"))
+}
+
+fn fails(args: &[&str], needles: &[&str]) {
+    let r = frugal().args(args).output().unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "succeeded: {args:?}");
+    assert!(!e.contains("panicked"), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "'{n}' not in {e}");
+    }
+}
+
+fn toy(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut lines = String::new();
+    for w in ["apple", "banana", "cherry", "grape", "lemon", "mango"] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I ate a {w}\", \"label\": \"fruit\"}}\n"
+        ));
+    }
+    for w in ["truck", "car", "bus", "tram"] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I drove the {w}\", \"label\": \"vehicle\"}}\n"
+        ));
+    }
+    let p = dir.join("toy.jsonl");
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+#[test]
+fn zeroshot_scores_labelled_data_and_predicts_unlabelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = toy(dir.path());
+    let d = data.to_str().unwrap();
+    let labels = [
+        "--label",
+        "fruit=a fruit you can eat",
+        "--label",
+        "vehicle=a vehicle you drive",
+    ];
+    let mut args = vec!["-q", "zeroshot", "--data", d, "--json"];
+    args.extend(labels);
+    let r = frugal().args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.9, "{m}");
+    assert_eq!(m["majority_class_accuracy"], 0.6);
+    // Without a label field: one prediction per text.
+    let plain = dir.path().join("plain.jsonl");
+    std::fs::write(
+        &plain,
+        "{\"text\": \"a ripe pear\"}\n{\"text\": \"the old van\"}\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "-q",
+        "zeroshot",
+        "--data",
+        plain.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend(labels);
+    let r = frugal().args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = String::from_utf8_lossy(&r.stdout);
+    let preds: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 2);
+    assert_eq!(preds[0]["label"], "fruit");
+    assert_eq!(preds[1]["label"], "vehicle");
+    fails(
+        &["zeroshot", "--data", d, "--label", "fruit=x"],
+        &["at least 2 labels"],
+    );
+    fails(
+        &[
+            "zeroshot",
+            "--data",
+            d,
+            "--label",
+            "fruit=x",
+            "--label",
+            "vehicle= ",
+        ],
+        &["--label vehicle", "empty"],
+    );
+    fails(
+        &[
+            "zeroshot", "--data", d, "--label", "fruit=x", "--label", "boat=y",
+        ],
+        &["'vehicle'", "not among --label"],
+    );
+}
+
+#[test]
+fn fewshot_and_curve_run_and_refuse_too_many_shots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = toy(dir.path());
+    let d = data.to_str().unwrap();
+    let out = dir.path().join("fs");
+    let r = frugal()
+        .args([
+            "-q",
+            "fewshot",
+            "--data",
+            d,
+            "--shots",
+            "2",
+            "--pairs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--test",
+            d,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["examples"], 4);
+    assert_eq!(m["pairs"], 16);
+    assert!(m["accuracy"].as_f64().is_some(), "{m}");
+    let r = frugal()
+        .args(["predict", "--model", out.to_str().unwrap(), "I ate a kiwi"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    fails(
+        &[
+            "fewshot",
+            "--data",
+            d,
+            "--shots",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--shots 5", "'vehicle' has only 4", "--shots 4"],
+    );
+    fails(
+        &["fewshot", "--base", "smollm2", "--data", d, "--shots", "1"],
+        &["--test"],
+    );
+
+    let chart = dir.path().join("curve.svg");
+    let r = frugal()
+        .args([
+            "-q",
+            "curve",
+            "--data",
+            d,
+            "--test",
+            d,
+            "--shots",
+            "1,2",
+            "--seeds",
+            "2",
+            "--pairs",
+            "2",
+            "--chart",
+            chart.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(c["points"].as_array().unwrap().len(), 2);
+    assert_eq!(c["runs"].as_array().unwrap().len(), 4);
+    let p = &c["points"][1];
+    assert!(p["min"].as_f64() <= p["mean"].as_f64() && p["mean"].as_f64() <= p["max"].as_f64());
+    assert!(c["references"]["zero-shot"].as_f64().is_some());
+    assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
+    fails(
+        &["curve", "--data", d, "--test", d, "--shots", "2,9"],
+        &["--shots 9"],
+    );
+    fails(
+        &["curve", "--data", d, "--test", d, "--chart", "x.png"],
+        &["SVG"],
+    );
+}
