@@ -4,14 +4,14 @@
 
 use crate::data_cmd::FieldArgs;
 use crate::io::{progress, store};
-use crate::train_cmd::{catch_ctrl_c, load_eval, load_sets, INTERRUPT};
+use crate::train_cmd::{load_eval, load_sets, run_training, INTERRUPT};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use frugal_models::chat::sampling::argmax;
 use frugal_models::chat::ChatModel;
 use frugal_models::resolve::{resolve_model, ModelPath};
-use frugal_train::classifier::{train, Classifier, HiddenMatch, Mode, SoftTargets, TrainSpec};
+use frugal_train::classifier::{Classifier, HiddenMatch, Mode, SoftTargets, TrainSpec};
 use frugal_train::data::{load_texts, Example};
 use frugal_train::distill::{
     evenly_spaced, layer_count, outputs_for, read_outputs, size_of, write_student_base,
@@ -237,15 +237,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         })? {
             ModelPath::Gguf(p) => {
                 let model = ChatModel::load(&p)?;
-                let words = data_labels
-                    .iter()
-                    .map(|l| {
-                        a.label_words
-                            .iter()
-                            .find(|(k, _)| k == l)
-                            .map_or(l.clone(), |(_, w)| w.clone())
-                    })
-                    .collect();
+                let words = frugal_train::labeller::words_for(&data_labels, &a.label_words);
                 if let Some((k, _)) = a.label_words.iter().find(|(k, _)| !data_labels.contains(k)) {
                     bail!(
                         "--label-words {k}=…: '{k}' is not a label of the data ({})",
@@ -395,19 +387,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         }),
         hidden,
     };
-    catch_ctrl_c();
-    let steps = all.len().div_ceil(config.batch) * config.epochs;
-    let pb = progress(steps as u64, ctx.quiet, "distilling");
-    let (report, _info) = train(&spec, &mut |p| {
-        pb.set_position(p.step as u64);
-        pb.set_message(format!(
-            "epoch {} loss {:.4} {:.1} ex/s",
-            p.epoch + 1,
-            p.loss,
-            p.examples_per_s
-        ));
-    })?;
-    pb.finish_and_clear();
+    let (report, _info) = run_training(&spec, ctx.quiet, "distilling")?;
 
     // The table: sizes, measured speed, test accuracy and agreement.
     let (student, _) = Classifier::load(&a.out)?;

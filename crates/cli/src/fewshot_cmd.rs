@@ -386,15 +386,7 @@ pub fn fewshot_cmd(a: FewShotArgs, ctx: &Ctx) -> Result<()> {
                 unreachable!("a GGUF path is a chat model")
             };
             let labels = frugal_train::classifier::labels_of(&pool);
-            let words: Vec<String> = labels
-                .iter()
-                .map(|l| {
-                    a.label_words
-                        .iter()
-                        .find(|(k, _)| k == l)
-                        .map_or(l.clone(), |(_, w)| w.clone())
-                })
-                .collect();
+            let words = frugal_train::labeller::words_for(&labels, &a.label_words);
             let embedder = load_model(&a.embedder, ctx.quiet)?;
             let Model::Encoder(embedder) = embedder else {
                 bail!(

@@ -7,8 +7,9 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use frugal_models::resolve::{resolve_model, ModelPath};
-use frugal_train::classifier::{train, Classifier, Mode, TrainSpec};
+use frugal_train::classifier::{train, CheckpointInfo, Classifier, Mode, TrainSpec};
 use frugal_train::data::{anchor_split, spamassassin, Example};
+use frugal_train::trainer::FitReport;
 use frugal_train::trainer::TrainConfig;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +86,28 @@ pub(crate) fn catch_ctrl_c() {
     });
 }
 
+/// Runs `spec` with Ctrl-C caught and a progress bar (loss, examples/s, ETA).
+pub(crate) fn run_training(
+    spec: &TrainSpec,
+    quiet: bool,
+    what: &str,
+) -> Result<(FitReport, CheckpointInfo)> {
+    catch_ctrl_c();
+    let steps = spec.train.len().div_ceil(spec.config.batch) * spec.config.epochs;
+    let pb = progress(steps as u64, quiet, what);
+    let out = train(spec, &mut |p| {
+        pb.set_position(p.step as u64);
+        pb.set_message(format!(
+            "epoch {} loss {:.4} {:.1} ex/s",
+            p.epoch + 1,
+            p.loss,
+            p.examples_per_s
+        ));
+    });
+    pb.finish_and_clear();
+    Ok(out?)
+}
+
 /// Training (and optionally validation) examples of a source name or file.
 pub(crate) fn load_sets(
     data: &str,
@@ -158,19 +181,7 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         soft: None,
         hidden: None,
     };
-    catch_ctrl_c();
-    let steps = train_set.len().div_ceil(config.batch) * config.epochs;
-    let pb = progress(steps as u64, ctx.quiet, "training");
-    let (report, info) = train(&spec, &mut |p| {
-        pb.set_position(p.step as u64);
-        pb.set_message(format!(
-            "epoch {} loss {:.4} {:.1} ex/s",
-            p.epoch + 1,
-            p.loss,
-            p.examples_per_s
-        ));
-    })?;
-    pb.finish_and_clear();
+    let (report, info) = run_training(&spec, ctx.quiet, "training")?;
     if a.json {
         println!(
             "{}",

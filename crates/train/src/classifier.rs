@@ -331,6 +331,36 @@ pub struct SoftTargets {
     pub teacher: String,
 }
 
+impl<'a> TrainSpec<'a> {
+    /// A plain run: no validation data, no resuming or interrupting, the data's own labels,
+    /// no teacher; set the other fields on the result where needed.
+    pub fn new(
+        base: &'a Path,
+        base_name: impl Into<String>,
+        train: &'a [Example],
+        mode: Mode,
+        config: TrainConfig,
+        out: &'a Path,
+    ) -> TrainSpec<'a> {
+        TrainSpec {
+            base,
+            base_name: base_name.into(),
+            train,
+            valid: None,
+            mode,
+            max_len: None,
+            config,
+            out,
+            resume: false,
+            save_every: 0,
+            interrupt: None,
+            labels: None,
+            soft: None,
+            hidden: None,
+        }
+    }
+}
+
 /// Where a run that writes its checkpoint to `out` keeps its resumable state: the sibling
 /// folder `OUT.resume`, removed when the run completes.
 pub fn state_dir(out: &Path) -> PathBuf {

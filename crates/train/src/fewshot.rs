@@ -323,22 +323,15 @@ pub fn setfit(
             varmap.save(tmp.join("model.safetensors"))?;
             Ok(())
         })?;
-        let head_spec = TrainSpec {
-            base: &tuned,
-            base_name: spec.base_name.clone(),
-            train: spec.shots,
-            valid: None,
-            mode: Mode::Head,
-            max_len: Some(spec.max_len),
-            config: spec.head.clone(),
-            out: spec.out,
-            resume: false,
-            save_every: 0,
-            interrupt: None,
-            labels: None,
-            soft: None,
-            hidden: None,
-        };
+        let mut head_spec = TrainSpec::new(
+            &tuned,
+            spec.base_name.clone(),
+            spec.shots,
+            Mode::Head,
+            spec.head.clone(),
+            spec.out,
+        );
+        head_spec.max_len = Some(spec.max_len);
         train(&head_spec, &mut |p| progress("head", p))
     })();
     let _ = std::fs::remove_dir_all(&tuned);

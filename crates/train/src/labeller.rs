@@ -27,6 +27,20 @@ pub struct ChatLabeller {
 pub const DEFAULT_PROMPT: &str =
     "Read the text and say which category it belongs to ({labels}).\nText: \"{text}\"\nCategory:";
 
+/// The words a chat model answers for each label: an override LABEL=WORDS where given, else the
+/// label itself.
+pub fn words_for(labels: &[String], overrides: &[(String, String)]) -> Vec<String> {
+    labels
+        .iter()
+        .map(|l| {
+            overrides
+                .iter()
+                .find(|(k, _)| k == l)
+                .map_or(l.clone(), |(_, w)| w.clone())
+        })
+        .collect()
+}
+
 /// A labelled example shown to the model before the text: (text, label index).
 pub type Demo = (String, usize);
 

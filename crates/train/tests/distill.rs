@@ -16,28 +16,16 @@ fn spec<'a>(
     out: &'a std::path::Path,
     epochs: usize,
 ) -> TrainSpec<'a> {
-    TrainSpec {
-        base,
-        base_name: "tiny".into(),
-        train: data,
-        valid: None,
-        mode: Mode::Full,
-        max_len: Some(32),
-        config: TrainConfig {
-            epochs,
-            lr: 3e-3,
-            batch: 8,
-            patience: 0,
-            ..Default::default()
-        },
-        out,
-        resume: false,
-        save_every: 0,
-        interrupt: None,
-        labels: None,
-        soft: None,
-        hidden: None,
-    }
+    let config = TrainConfig {
+        epochs,
+        lr: 3e-3,
+        batch: 8,
+        patience: 0,
+        ..Default::default()
+    };
+    let mut s = TrainSpec::new(base, "tiny", data, Mode::Full, config, out);
+    s.max_len = Some(32);
+    s
 }
 
 #[test]

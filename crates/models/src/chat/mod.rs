@@ -190,14 +190,7 @@ impl ChatModel {
                 cache.capacity()
             )));
         }
-        let common = cache
-            .tokens()
-            .iter()
-            .zip(prompt_ids)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let reuse = common.min(prompt_ids.len() - 1);
-        cache.truncate(reuse);
+        let reuse = reuse_prefix(cache, prompt_ids);
         let first = self.llama.forward(&prompt_ids[reuse..], cache, false)?;
         let first = log_softmax(&first);
         let vocab = self.llama.config.n_vocab;
@@ -243,14 +236,7 @@ impl ChatModel {
             )));
         }
         let t0 = Instant::now();
-        let common = cache
-            .tokens()
-            .iter()
-            .zip(prompt_ids)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let reuse = common.min(prompt_ids.len() - 1);
-        cache.truncate(reuse);
+        let reuse = reuse_prefix(cache, prompt_ids);
         let mut logits = self.llama.forward(&prompt_ids[reuse..], cache, false)?;
         let prompt_secs = t0.elapsed().as_secs_f64();
 
@@ -342,4 +328,18 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
     logits.iter().map(|&x| x - lse).collect()
+}
+
+/// Keeps the longest prefix of `prompt_ids` the cache already holds (at least the last prompt
+/// token is recomputed, for its logits) and returns its length.
+fn reuse_prefix(cache: &mut KvCache, prompt_ids: &[u32]) -> usize {
+    let common = cache
+        .tokens()
+        .iter()
+        .zip(prompt_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let reuse = common.min(prompt_ids.len() - 1);
+    cache.truncate(reuse);
+    reuse
 }
