@@ -189,3 +189,58 @@ fn fewshot_and_curve_run_and_refuse_too_many_shots() {
         &["SVG"],
     );
 }
+
+/// The same commands on a five-label task of short texts.
+#[test]
+fn five_labels_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = [
+        ("fruit", ["apple", "banana", "cherry", "grape"]),
+        ("vehicle", ["truck", "car", "bus", "tram"]),
+        ("animal", ["dog", "cat", "horse", "rabbit"]),
+        ("colour", ["red", "blue", "green", "yellow"]),
+        ("sport", ["football", "tennis", "golf", "rugby"]),
+    ];
+    let mut lines = String::new();
+    for (label, words) in groups {
+        for w in words {
+            lines.push_str(&format!("{{\"text\": \"{w}\", \"label\": \"{label}\"}}\n"));
+        }
+    }
+    let data = dir.path().join("five.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let d = data.to_str().unwrap();
+    let mut args = vec!["-q", "zeroshot", "--data", d, "--json"];
+    let descs: Vec<String> = groups.iter().map(|(l, _)| format!("{l}={l}")).collect();
+    for x in &descs {
+        args.extend(["--label", x.as_str()]);
+    }
+    let r = frugal().args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["labels"].as_array().unwrap().len(), 5);
+    assert!(m["accuracy"].as_f64().unwrap() > 0.5, "{m}");
+    let out = dir.path().join("fs5");
+    let r = frugal()
+        .args([
+            "-q",
+            "fewshot",
+            "--data",
+            d,
+            "--shots",
+            "2",
+            "--pairs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--test",
+            d,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["examples"], 10);
+    assert_eq!(m["confusion"].as_array().unwrap().len(), 5);
+}
