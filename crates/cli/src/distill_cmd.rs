@@ -126,17 +126,16 @@ enum Teacher {
     Outputs(PathBuf, std::collections::HashMap<String, Vec<f32>>),
 }
 
-/// Teacher outputs for `texts`, from the cache when this teacher labelled them before; returns
-/// also the teacher's measured texts/s when it ran.
+/// Teacher outputs for `texts`, from the cache when this teacher labelled them before.
 fn teach(
     teacher: &Teacher,
     labels: &[String],
     texts: &[&str],
     quiet: bool,
     what: &str,
-) -> Result<(Vec<Vec<f32>>, Option<f64>)> {
+) -> Result<Vec<Vec<f32>>> {
     let identity = match teacher {
-        Teacher::Outputs(path, map) => return Ok((outputs_for(path, map, texts)?, None)),
+        Teacher::Outputs(path, map) => return Ok(outputs_for(path, map, texts)?),
         Teacher::Checkpoint(dir, _) => format!(
             "checkpoint {}",
             frugal_models::assets::sha256_file(&dir.join("model.safetensors"))?
@@ -152,10 +151,9 @@ fn teach(
     };
     let key = OutputCache::key(&identity, texts);
     if let Some(o) = cache.get(&key).filter(|o| o.labels == labels) {
-        return Ok((o.probs, None));
+        return Ok(o.probs);
     }
     let pb = progress(texts.len() as u64, quiet, what);
-    let t0 = Instant::now();
     let probs = match teacher {
         Teacher::Checkpoint(_, clf) => {
             let p = clf.predict(texts, 32)?;
@@ -165,7 +163,6 @@ fn teach(
         Teacher::Chat(m, l) => l.label(m, texts, &mut |d| pb.set_position(d as u64))?,
         Teacher::Outputs(..) => unreachable!("returned above"),
     };
-    let rate = texts.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
     pb.finish_and_clear();
     cache.put(
         &key,
@@ -174,7 +171,7 @@ fn teach(
             probs: probs.clone(),
         },
     )?;
-    Ok((probs, Some(rate)))
+    Ok(probs)
 }
 
 /// Sentences per second of a classifier on `texts` (batch 32), best of two passes.
@@ -328,7 +325,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
         label: String::new(),
     }));
     let texts: Vec<&str> = all.iter().map(|e| e.text.as_str()).collect();
-    let (mut probs, _) = teach(&teacher, &labels, &texts, ctx.quiet, "teacher labelling")?;
+    let mut probs = teach(&teacher, &labels, &texts, ctx.quiet, "teacher labelling")?;
     if a.hard {
         for p in probs.iter_mut() {
             let top = argmax(p) as usize;
@@ -420,7 +417,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     s_row["file_bytes"] = s_bytes.into();
     if let Some(test) = &test {
         let tt: Vec<&str> = test.iter().map(|e| e.text.as_str()).collect();
-        let (tp, _) = teach(&teacher, &labels, &tt, ctx.quiet, "teacher on test")?;
+        let tp = teach(&teacher, &labels, &tt, ctx.quiet, "teacher on test")?;
         let sp = student.predict(&tt, 32)?;
         let (ta, sa) = (
             accuracy(&tp, &labels, test),
