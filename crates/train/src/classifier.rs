@@ -8,7 +8,9 @@
 
 use crate::data::Example;
 use crate::metrics::{evaluate, Metrics};
-use crate::trainer::{fit, Checkpointing, Control, FitReport, Progress, Task, TrainConfig};
+use crate::trainer::{
+    batch_seed, fit, Checkpointing, Control, FitReport, Progress, Task, TrainConfig,
+};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
@@ -57,6 +59,22 @@ const BASE_FILES: [&str; 5] = [
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 ];
+
+/// Copies the encoder folder's side files (`BASE_FILES`, those present) from `from` into `to`:
+/// everything a loadable encoder folder needs besides its weights.
+pub(crate) fn copy_base_files(from: &Path, to: &Path) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    for f in BASE_FILES {
+        let (src, dst) = (from.join(f), to.join(f));
+        if src.is_file() {
+            if let Some(p) = dst.parent() {
+                std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
+            }
+            std::fs::copy(&src, &dst).map_err(|e| io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
 
 /// A classifier in memory.
 pub struct Classifier {
@@ -148,19 +166,11 @@ impl Classifier {
     /// interrupted save leaves the previous checkpoint intact.
     pub fn save(&self, base: &Path, dir: &Path, info: &CheckpointInfo) -> Result<()> {
         crate::replace_dir(dir, |tmp| {
-            let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
-            for f in BASE_FILES {
-                let (from, to) = (base.join(f), tmp.join(f));
-                if from.is_file() {
-                    if let Some(p) = to.parent() {
-                        std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
-                    }
-                    std::fs::copy(&from, &to).map_err(|e| io(&to, e))?;
-                }
-            }
+            copy_base_files(base, tmp)?;
             self.varmap.save(tmp.join("model.safetensors"))?;
             let json = serde_json::to_vec_pretty(info).expect("checkpoint info serialises");
-            std::fs::write(tmp.join("frugal.json"), json).map_err(|e| io(tmp, e))
+            std::fs::write(tmp.join("frugal.json"), json)
+                .map_err(|e| Error::data(tmp, format!("cannot write: {e}")))
         })
     }
 
@@ -403,14 +413,8 @@ const UNLABELLED: u32 = u32::MAX;
 impl ClassifyTask<'_> {
     fn loss_of(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
         let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-        // Dropout masks follow from the seed and the batch, not from how many ran before.
-        let mut h = self.spec.config.seed ^ 0x517c_c1b7_2722_0a95;
-        for &i in &idx {
-            h = (h ^ i as u64)
-                .wrapping_mul(0x0100_0000_01b3)
-                .rotate_left(17);
-        }
-        self.clf.encoder.model.reseed_dropout(h);
+        let seed = batch_seed(self.spec.config.seed ^ 0x517c_c1b7_2722_0a95, batch);
+        self.clf.encoder.model.reseed_dropout(seed);
         let target = Tensor::new(
             batch.iter().map(|&i| self.targets[i]).collect::<Vec<_>>(),
             &Device::Cpu,

@@ -93,17 +93,9 @@ pub fn write_student_base(
 ) -> Result<()> {
     check_keep(layer_count(from)?, keep)?;
     let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
-    std::fs::create_dir_all(dir.join("1_Pooling")).map_err(|e| io(dir, e))?;
-    for f in [
-        "tokenizer.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ] {
-        if from.join(f).is_file() {
-            std::fs::copy(from.join(f), dir.join(f)).map_err(|e| io(&dir.join(f), e))?;
-        }
-    }
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    // The side files; config.json is written below with the student's sizes.
+    crate::classifier::copy_base_files(from, dir)?;
     let cfg_path = from.join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&cfg_path).map_err(|e| Error::data(&cfg_path, format!("{e}")))?,

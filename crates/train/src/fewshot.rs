@@ -58,6 +58,12 @@ impl LabelDescriptions {
     }
 }
 
+/// `v` scaled to length 1 (cosine similarity becomes a dot product).
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.into_iter().map(|x| x / n).collect()
+}
+
 /// Zero-shot probabilities: softmax over labels of the mean cosine similarity between a text and
 /// the label's descriptions, divided by `temperature`.
 pub fn zero_shot(
@@ -70,10 +76,6 @@ pub fn zero_shot(
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(Error::Invalid("--temperature must be above 0".into()));
     }
-    let unit = |v: Vec<f32>| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
-    };
     let desc: Vec<Vec<Vec<f32>>> = labels
         .descriptions
         .iter()
@@ -192,13 +194,9 @@ impl Task for PairTask<'_> {
     }
 
     fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
-        let mut h = self.seed;
-        for &i in batch {
-            h = (h ^ i as u64)
-                .wrapping_mul(0x0100_0000_01b3)
-                .rotate_left(17);
-        }
-        self.encoder.model.reseed_dropout(h);
+        self.encoder
+            .model
+            .reseed_dropout(crate::trainer::batch_seed(self.seed, batch));
         let side = |pick: &dyn Fn(&(usize, usize, f32)) -> usize| -> candle_core::Result<Tensor> {
             let ids: Vec<&[u32]> = batch
                 .iter()
@@ -304,22 +302,7 @@ pub fn setfit(
     let tuned = parent.join(format!(".{name}.body-{}", std::process::id()));
     let result = (|| {
         crate::replace_dir(&tuned, |tmp| {
-            for f in [
-                "config.json",
-                "tokenizer.json",
-                "modules.json",
-                "sentence_bert_config.json",
-                "1_Pooling/config.json",
-            ] {
-                if spec.base.join(f).is_file() {
-                    if let Some(p) = tmp.join(f).parent() {
-                        std::fs::create_dir_all(p)
-                            .map_err(|e| Error::data(p, format!("cannot write: {e}")))?;
-                    }
-                    std::fs::copy(spec.base.join(f), tmp.join(f))
-                        .map_err(|e| Error::data(tmp, format!("cannot write: {e}")))?;
-                }
-            }
+            crate::classifier::copy_base_files(spec.base, tmp)?;
             varmap.save(tmp.join("model.safetensors"))?;
             Ok(())
         })?;
@@ -356,10 +339,6 @@ pub fn nearest_demos(
     labels: &[String],
     k: usize,
 ) -> Result<Vec<Vec<Demo>>> {
-    let unit = |v: Vec<f32>| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
-    };
     let pool_texts: Vec<&str> = pool.iter().map(|e| e.text.as_str()).collect();
     let pe: Vec<Vec<f32>> = encoder
         .embed(&pool_texts, 32, &mut |_| {})?

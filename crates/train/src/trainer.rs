@@ -91,6 +91,16 @@ pub struct FitReport {
     pub history: Vec<Option<f64>>,
 }
 
+/// A seed for a batch's random draws (dropout masks) that follows from `start` and the batch's
+/// example indices, not from how many batches ran before, so a resumed run draws the same.
+pub fn batch_seed(start: u64, batch: &[usize]) -> u64 {
+    batch.iter().fold(start, |h, &i| {
+        (h ^ i as u64)
+            .wrapping_mul(0x0100_0000_01b3)
+            .rotate_left(17)
+    })
+}
+
 /// The learning rate at `step` of `total`: linear warm-up, then linear decay to 0.
 pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
     let warm = ((total as f64) * cfg.warmup).round() as usize;
