@@ -15,8 +15,9 @@ use frugal_train::classifier::{Classifier, HiddenMatch, Mode, SoftTargets, Train
 use frugal_train::data::{load_texts, Example};
 use frugal_train::distill::{
     evenly_spaced, layer_count, outputs_for, read_outputs, size_of, write_student_base,
-    ChatLabeller, OutputCache, Shrink, TeacherOutputs, DEFAULT_PROMPT,
+    ChatLabeller, OutputCache, Shrink, TeacherOutputs,
 };
+use frugal_train::labeller::{default_prompt, Recalibration, Scoring};
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -78,11 +79,16 @@ pub struct DistillArgs {
     /// Chat teacher: the words it would answer for a label, LABEL=WORDS (default: the label).
     #[arg(long = "label-words", value_parser = parse_label_words)]
     label_words: Vec<(String, String)>,
-    /// Chat teacher: the prompt, with {text} and {labels} filled in.
+    /// Chat teacher: the prompt, with {text}, {labels} (all label words) and {label} (channel
+    /// scoring: this label's words) filled in.
     #[arg(long)]
     prompt: Option<String>,
-    /// Chat teacher: use its raw answer probabilities, without contextual calibration (dividing
-    /// by the probabilities it gives content-free texts).
+    /// Chat teacher: how a label is scored, `answer` (the label words' likelihood as the answer)
+    /// or `channel` (the text's likelihood after the label words).
+    #[arg(long, default_value = "answer", value_parser = parse_scoring)]
+    teacher_scoring: Scoring,
+    /// Chat teacher: use its raw probabilities, without contextual calibration (dividing by the
+    /// probabilities it gives content-free texts) or recalibration on the validation data.
     #[arg(long)]
     no_calibration: bool,
     /// Chat teacher: read at most this many tokens of each text.
@@ -110,6 +116,10 @@ pub struct DistillArgs {
     json: bool,
     #[command(flatten)]
     fields: FieldArgs,
+}
+
+pub(crate) fn parse_scoring(s: &str) -> Result<Scoring, String> {
+    s.parse()
 }
 
 fn parse_label_words(s: &str) -> Result<(String, String), String> {
@@ -242,10 +252,14 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
                     );
                 }
                 let labeller = ChatLabeller {
-                    prompt: a.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
+                    prompt: a
+                        .prompt
+                        .clone()
+                        .unwrap_or_else(|| default_prompt(a.teacher_scoring).into()),
                     words,
                     max_text_tokens: a.teacher_max_tokens.max(1),
                     calibrate: !a.no_calibration,
+                    scoring: a.teacher_scoring,
                 };
                 (Teacher::Chat(Box::new(model), labeller), data_labels.clone(), None)
             }
@@ -326,6 +340,36 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     }));
     let texts: Vec<&str> = all.iter().map(|e| e.text.as_str()).collect();
     let mut probs = teach(&teacher, &labels, &texts, ctx.quiet, "teacher labelling")?;
+    // A chat teacher is recalibrated on the validation data's gold labels (its temperature and
+    // prior), so its probabilities mean what they say before a student learns them.
+    let recal = match (&teacher, &valid) {
+        (Teacher::Chat(..), Some(v)) if !a.no_calibration => {
+            let vt: Vec<&str> = v.iter().map(|e| e.text.as_str()).collect();
+            let vp = teach(&teacher, &labels, &vt, ctx.quiet, "teacher on validation")?;
+            let gold: Vec<usize> = v
+                .iter()
+                .map(|e| labels.iter().position(|l| *l == e.label).unwrap_or(0))
+                .collect();
+            let r = Recalibration::fit(&vp, &gold)?;
+            if !ctx.quiet {
+                eprintln!(
+                    "teacher recalibrated on {} validation texts: scale {:.3}, biases {:?}",
+                    v.len(),
+                    r.scale,
+                    r.bias.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>()
+                );
+            }
+            Some(r)
+        }
+        _ => None,
+    };
+    let recalibrate = |p: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+        match &recal {
+            Some(r) => p.iter().map(|q| r.apply(q)).collect(),
+            None => p,
+        }
+    };
+    probs = recalibrate(probs);
     if a.hard {
         for p in probs.iter_mut() {
             let top = argmax(p) as usize;
@@ -401,6 +445,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     let mut t_row = row("teacher");
     let mut s_row = row("student");
     t_row["description"] = teacher_desc.clone().into();
+    t_row["recalibration"] = serde_json::to_value(&recal)?;
     t_row["layers"] = match &teacher {
         Teacher::Checkpoint(d, _) => layer_count(d)?.into(),
         _ => serde_json::Value::Null,
@@ -417,7 +462,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     s_row["file_bytes"] = s_bytes.into();
     if let Some(test) = &test {
         let tt: Vec<&str> = test.iter().map(|e| e.text.as_str()).collect();
-        let tp = teach(&teacher, &labels, &tt, ctx.quiet, "teacher on test")?;
+        let tp = recalibrate(teach(&teacher, &labels, &tt, ctx.quiet, "teacher on test")?);
         let sp = student.predict(&tt, 32)?;
         let (ta, sa) = (
             accuracy(&tp, &labels, test),

@@ -16,7 +16,7 @@ use frugal_train::data::{load, Example, Fields};
 use frugal_train::fewshot::{
     nearest_demos, sample_shots, setfit, zero_shot, LabelDescriptions, SetFitSpec,
 };
-use frugal_train::labeller::{ChatLabeller, DEFAULT_PROMPT};
+use frugal_train::labeller::{default_prompt, ChatLabeller, Scoring};
 use frugal_train::metrics::{evaluate, Metrics};
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -68,9 +68,14 @@ fn load_model(spec: &str, quiet: bool) -> Result<Model> {
 /// Chat-model settings shared by zero-shot and in-context few-shot.
 #[derive(Args, Clone)]
 pub struct ChatArgs {
-    /// Chat models: the prompt, with {text} and {labels} filled in.
+    /// Chat models: the prompt, with {text}, {labels} (all label words) and {label} (channel
+    /// scoring: this label's words) filled in.
     #[arg(long)]
     prompt: Option<String>,
+    /// Chat models: how a label is scored, `answer` (the label words' likelihood as the answer)
+    /// or `channel` (the text's likelihood after the label words; not with in-context examples).
+    #[arg(long, default_value = "answer", value_parser = crate::distill_cmd::parse_scoring)]
+    scoring: Scoring,
     /// Chat models: read at most this many tokens of each text.
     #[arg(long, default_value_t = 256)]
     max_text_tokens: usize,
@@ -82,10 +87,14 @@ pub struct ChatArgs {
 impl ChatArgs {
     fn labeller(&self, words: Vec<String>) -> ChatLabeller {
         ChatLabeller {
-            prompt: self.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
+            prompt: self
+                .prompt
+                .clone()
+                .unwrap_or_else(|| default_prompt(self.scoring).into()),
             words,
             max_text_tokens: self.max_text_tokens.max(1),
             calibrate: !self.no_calibration,
+            scoring: self.scoring,
         }
     }
 }

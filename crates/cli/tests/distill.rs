@@ -227,3 +227,67 @@ fn distill_a_checkpoint_into_a_one_layer_student() {
         &["empty.txt", "no texts"],
     );
 }
+
+/// The real SmolLM2 as teacher with channel scoring: recalibrated on the validation data (shown
+/// in the table), its soft labels train a one-layer student; a bad scoring name is refused.
+#[test]
+fn distill_from_a_chat_teacher_with_channel_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t.jsonl");
+    let mut lines = String::new();
+    for w in ["apple", "banana", "cherry", "grape", "lemon", "mango"] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I ate a ripe {w} for lunch\", \"label\": \"fruit\"}}\n"
+        ));
+    }
+    for w in ["truck", "car", "bus", "tractor", "van", "taxi"] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I drove the {w} down the road\", \"label\": \"vehicle\"}}\n"
+        ));
+    }
+    std::fs::write(&data, &lines).unwrap();
+    let d = data.to_str().unwrap();
+    let out = dir.path().join("student");
+    let o = out.to_str().unwrap();
+    let base = [
+        "distill",
+        "--teacher",
+        "smollm2",
+        "--teacher-scoring",
+        "channel",
+        "--label-words",
+        "fruit=a sentence about fruit",
+        "--label-words",
+        "vehicle=a sentence about vehicles",
+        "--data",
+        d,
+        "--valid",
+        d,
+        "--test",
+        d,
+        "--out",
+        o,
+        "--student-layers",
+        "1",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--json",
+    ];
+    let r = frugal().args(base).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(e.contains("recalibrated on 12 validation texts"), "{e}");
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(
+        j["teacher"]["recalibration"]["scale"].as_f64().unwrap() > 0.0,
+        "{j}"
+    );
+    assert!(j["teacher"]["accuracy"].as_f64().unwrap() >= 0.75, "{j}");
+    assert!(j["student"]["accuracy"].as_f64().is_some(), "{j}");
+    assert!(out.join("frugal.json").is_file());
+    let mut bad = base.to_vec();
+    bad[4] = "guess";
+    fails(&bad, &["guess", "answer and channel"]);
+}

@@ -187,6 +187,7 @@ fn a_chat_model_labels_by_answer_likelihood() {
         words: vec!["fruit".into(), "vehicle".into()],
         max_text_tokens: 64,
         calibrate: true,
+        scoring: frugal_train::labeller::Scoring::Answer,
     };
     let texts = [
         "I ate a sweet ripe banana",
@@ -205,6 +206,49 @@ fn a_chat_model_labels_by_answer_likelihood() {
         ..labeller
     };
     assert!(bad.label(&model, &texts, &mut |_| {}).is_err());
+}
+
+/// Channel scoring with the real SmolLM2: the text's likelihood after each label's words picks
+/// the obvious label; it needs {text} at the end and refuses in-context examples.
+#[test]
+fn a_chat_model_labels_by_the_texts_likelihood_after_each_label() {
+    use frugal_train::labeller::{ChatLabeller, Scoring, CHANNEL_PROMPT};
+    let path = frugal_models::assets::Store::from_env()
+        .ensure("smollm2")
+        .unwrap();
+    let model = frugal_models::chat::ChatModel::load(&path).unwrap();
+    let labeller = ChatLabeller {
+        prompt: CHANNEL_PROMPT.into(),
+        words: vec![
+            "a sentence about fruit".into(),
+            "a sentence about vehicles".into(),
+        ],
+        max_text_tokens: 64,
+        calibrate: false,
+        scoring: Scoring::Channel,
+    };
+    let texts = [
+        "I ate a sweet ripe banana and two apples",
+        "I drove the truck to the garage and parked the car",
+    ];
+    let mut seen = 0;
+    let p = labeller.label(&model, &texts, &mut |d| seen = d).unwrap();
+    assert_eq!(seen, 2);
+    for q in &p {
+        assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{q:?}");
+    }
+    assert!(p[0][0] > p[0][1] && p[1][1] > p[1][0], "{p:?}");
+    let bad = ChatLabeller {
+        prompt: "{text} is {label}".into(),
+        ..labeller.clone()
+    };
+    let e = bad.label(&model, &texts, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("must end the prompt"), "{e}");
+    let demos = vec![vec![("a pear".to_string(), 0)]; 2];
+    let e = labeller
+        .label_with_demos(&model, &texts, Some(&demos), &mut |_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("answer scoring"), "{e}");
 }
 
 /// Hidden-state matching pulls the student's layer towards the teacher layer it imitates, and is

@@ -126,6 +126,7 @@ fn nearest_examples_in_context_move_a_chat_model() {
         words: vec!["fruit".into(), "vehicle".into()],
         max_text_tokens: 64,
         calibrate: true,
+        scoring: frugal_train::labeller::Scoring::Answer,
     };
     let q = "a basket of plums";
     let plain = l.label(&model, &[q], &mut |_| {}).unwrap();
