@@ -111,6 +111,61 @@ pub fn learning_curve(
     })
 }
 
+/// Accuracy per federated round as a line, with horizontal reference lines (centralised).
+pub fn rounds(
+    title: &str,
+    points: &[(usize, f64)],
+    refs: &[(String, f64)],
+    path: &Path,
+) -> Result<()> {
+    atomically(path, |tmp| {
+        let root = SVGBackend::new(tmp, (760, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let x1 = points.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64 + 0.5;
+        let lows = points.iter().map(|p| p.1).chain(refs.iter().map(|r| r.1));
+        let y0 = (lows.fold(1.0, f64::min) - 0.05).max(0.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.5..x1, y0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("round")
+            .y_desc("accuracy")
+            .draw()?;
+        let c = COLORS[0];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|&(r, a)| (r as f64, a)),
+                c.stroke_width(2),
+            ))?
+            .label("federated")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+        for (i, (name, v)) in refs.iter().enumerate() {
+            let color = COLORS[(i + 1) % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.5, *v), (x1, *v)],
+                    color.stroke_width(2),
+                ))?
+                .label(format!("{name} ({v:.3})"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })
+}
+
 fn draw(report: &Report, path: &Path) -> Result<()> {
     let n = report.scenarios.len();
     let max = report

@@ -9,6 +9,7 @@ mod cost_cmd;
 mod data_cmd;
 mod distill_cmd;
 mod embed;
+mod fed_cmd;
 mod fewshot_cmd;
 mod generate;
 mod io;
@@ -74,6 +75,9 @@ enum Command {
     /// Accuracy against labelled examples per label (few-shot over seeds), beside zero-shot and
     /// full fine-tuning; optionally as an SVG chart.
     Curve(Box<fewshot_cmd::CurveArgs>),
+    /// Federated learning: train one model across data silos without moving their data.
+    #[command(subcommand)]
+    Fed(fed_cmd::FedCmd),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -190,6 +194,7 @@ fn main() {
         Command::Zeroshot(a) => fewshot_cmd::zeroshot_cmd(*a, &ctx),
         Command::Fewshot(a) => fewshot_cmd::fewshot_cmd(*a, &ctx),
         Command::Curve(a) => fewshot_cmd::curve_cmd(*a, &ctx),
+        Command::Fed(c) => fed_cmd::run(c, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

@@ -7,6 +7,7 @@ pub mod data;
 pub mod distill;
 pub mod fewshot;
 pub mod labeller;
+pub mod learner;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;
