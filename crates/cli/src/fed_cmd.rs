@@ -243,6 +243,8 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
 
     // Each node: its own train/validation split, prepared once.
     let mut learner = Learner::new(&base, labels.clone(), mode, a.max_len, a.seed)?;
+    let cache = frugal_models::assets::frugal_home().join("cache/embeddings");
+    let encoder_id = frugal_models::assets::sha256_file(&base.join("model.safetensors"))?;
     let pb = progress(a.nodes as u64, ctx.quiet, "preparing node data");
     let mut nodes = vec![];
     let mut node_sets = vec![];
@@ -262,15 +264,15 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
             .collect();
         nodes.push(NodeData {
             id,
-            train: learner.prepare(&train)?,
-            valid: learner.prepare(&valid)?,
+            train: learner.prepare_cached(&train, &cache, &encoder_id)?,
+            valid: learner.prepare_cached(&valid, &cache, &encoder_id)?,
         });
         node_sets.push((train, valid));
         pb.inc(1);
     }
     pb.finish_and_clear();
     let test_prepared = match &test {
-        Some(t) => Some(learner.prepare(t)?),
+        Some(t) => Some(learner.prepare_cached(t, &cache, &encoder_id)?),
         None => None,
     };
     let mix = label_mix(&examples, &parts, &labels);
@@ -347,7 +349,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         let epochs =
             ((a.rounds as f64 * a.fraction * a.local_epochs as f64).round() as usize).max(1);
         let mut c = Learner::new(&base, labels.clone(), mode, a.max_len, a.seed)?;
-        let prepared = c.prepare(&all)?;
+        let prepared = c.prepare_cached(&all, &cache, &encoder_id)?;
         let pb = progress(1, ctx.quiet || a.json, "centralised baseline");
         c.fit(
             &prepared,

@@ -130,6 +130,8 @@ pub struct RoundReport {
     pub test_accuracy: Option<f64>,
     /// Mean local training loss of the reporting nodes.
     pub loss: f64,
+    /// Median norm of the kept updates (before clipping): a guide for `--dp-clip`.
+    pub update_norm: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Privacy spent so far (DP on).
@@ -231,6 +233,12 @@ pub fn simulate(
         let len = global.len();
         let (kept, rejected) = screen(updates, len, cfg.max_norm_ratio);
         let loss = kept.iter().map(|u| u.loss).sum::<f64>() / kept.len().max(1) as f64;
+        let mut norms: Vec<f64> = kept
+            .iter()
+            .map(|u| crate::weights::norm(&u.delta))
+            .collect();
+        norms.sort_by(f64::total_cmp);
+        let update_norm = norms.get(norms.len() / 2).copied().unwrap_or(0.0);
         // Bytes: every sampled node receives the global weights; reporting nodes send.
         let mut bytes_received = global.bytes() * sampled.len() as u64;
         let mut bytes_sent = 0u64;
@@ -331,6 +339,7 @@ pub fn simulate(
             macro_f1: (total > 0).then(|| f1w / total as f64),
             test_accuracy,
             loss,
+            update_norm,
             bytes_sent,
             bytes_received,
             epsilon: eps,

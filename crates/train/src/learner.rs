@@ -58,9 +58,9 @@ impl Learner {
         Ok(Learner { clf, mode })
     }
 
-    /// Embeds (head mode) or tokenizes (full mode) labelled examples once.
-    pub fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
-        let targets = examples
+    /// Label indices of labelled examples; an unknown label is an error that names it.
+    fn targets(&self, examples: &[Example]) -> Result<Vec<u32>> {
+        examples
             .iter()
             .map(|e| {
                 self.clf
@@ -76,9 +76,23 @@ impl Learner {
                         ))
                     })
             })
-            .collect::<Result<Vec<u32>>>()?;
+            .collect::<Result<Vec<u32>>>()
+    }
+
+    /// Embeds (head mode) or tokenizes (full mode) labelled examples once.
+    pub fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
+        let targets = self.targets(examples)?;
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         Ok(match self.mode {
+            Mode::Head if texts.is_empty() => Prepared {
+                targets,
+                cached: Some(Tensor::zeros(
+                    (0, self.clf.encoder.dim()),
+                    candle_core::DType::F32,
+                    &Device::Cpu,
+                )?),
+                tokens: vec![],
+            },
             Mode::Head => {
                 let emb = self.clf.encoder.embed(&texts, 32, &mut |_| {})?;
                 let dim = self.clf.encoder.dim();
@@ -101,6 +115,52 @@ impl Learner {
                     .collect(),
             },
         })
+    }
+
+    /// Like `prepare`, with head mode's embeddings kept in `dir` (keyed by `encoder_id`, the
+    /// length limit and the texts), so runs over the same data embed it once.
+    pub fn prepare_cached(
+        &self,
+        examples: &[Example],
+        dir: &Path,
+        encoder_id: &str,
+    ) -> Result<Prepared> {
+        if self.mode != Mode::Head {
+            return self.prepare(examples);
+        }
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(encoder_id.as_bytes());
+        h.update(self.clf.encoder.max_len().to_le_bytes());
+        for e in examples {
+            h.update(e.text.as_bytes());
+            h.update([0u8]);
+        }
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{key}.safetensors"));
+        let dim = self.clf.encoder.dim();
+        if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
+            if let Some(t) = map
+                .get("embeddings")
+                .filter(|t| t.dims() == [examples.len(), dim])
+            {
+                let mut p = self.prepare(&[])?;
+                p.targets = self.targets(examples)?;
+                p.cached = Some(t.clone());
+                return Ok(p);
+            }
+        }
+        let p = self.prepare(examples)?;
+        if let Some(t) = &p.cached {
+            // A cache that cannot be written only costs time next run.
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let map = std::collections::HashMap::from([("embeddings".to_string(), t.clone())]);
+            if candle_core::safetensors::save(&map, &tmp).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+        Ok(p)
     }
 
     /// The trained weights, by name (copies).
