@@ -265,6 +265,7 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
         clip: 0.0,
         seed: 0,
         patience: 0,
+        optimizer: frugal_train::trainer::Optimizer::AdamW,
     };
     let mut t_start = None;
     let mut t_end = std::time::Instant::now();

@@ -15,7 +15,7 @@ use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::{fingerprint, labels_of, CheckpointInfo, Mode};
 use frugal_train::data::{load, Example, Fields};
 use frugal_train::learner::Learner;
-use frugal_train::trainer::TrainConfig;
+use frugal_train::trainer::{Optimizer, TrainConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -65,9 +65,15 @@ pub struct SimulateArgs {
     mode: ModeArg,
     #[arg(long, default_value_t = 1)]
     local_epochs: usize,
-    /// Local learning rate (default: 1e-2 for head, 5e-5 for full).
+    /// Local learning rate (default: 1.0 for head with sgd, 1e-2 with adamw; 5e-5 for full).
     #[arg(long)]
     lr: Option<f64>,
+    /// Local optimiser: sgd or adamw (default: sgd for head, FedAvg's own; adamw for full).
+    #[arg(long, value_parser = |s: &str| s.parse::<Optimizer>())]
+    optimizer: Option<Optimizer>,
+    /// Multiply the local learning rate by this every round (1: constant; e.g. 0.85).
+    #[arg(long, default_value_t = 1.0)]
+    lr_decay: f64,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -97,7 +103,7 @@ pub struct SimulateArgs {
     /// Secure aggregation: the server sees only masked updates whose sum it can unmask.
     #[arg(long)]
     secure_agg: bool,
-    /// Secure aggregation: shares needed to unmask (default: two thirds of the nodes per round).
+    /// Secure aggregation: shares needed to unmask (default: a majority of the nodes per round).
     #[arg(long)]
     secagg_threshold: Option<usize>,
     /// Chance that a sampled node drops out mid-round.
@@ -187,7 +193,17 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         ModeArg::Head => Mode::Head,
         ModeArg::Full => Mode::Full,
     };
-    let lr = a.lr.unwrap_or(if mode == Mode::Head { 1e-2 } else { 5e-5 });
+    let optimizer = a.optimizer.unwrap_or(if mode == Mode::Head {
+        Optimizer::Sgd
+    } else {
+        Optimizer::AdamW
+    });
+    let lr = a.lr.unwrap_or(match (mode, optimizer) {
+        (Mode::Head, Optimizer::Sgd) => 1.0,
+        (Mode::Head, Optimizer::AdamW) => 1e-2,
+        (Mode::Full, Optimizer::Sgd) => 1e-2,
+        (Mode::Full, Optimizer::AdamW) => 5e-5,
+    });
     let local = TrainConfig {
         epochs: a.local_epochs,
         lr,
@@ -196,6 +212,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         warmup: 0.0,
         patience: 0,
         seed: a.seed,
+        optimizer,
         ..Default::default()
     };
     let per_round_guess =
@@ -227,13 +244,14 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         fraction: a.fraction,
         min_nodes: a.min_nodes,
         local: local.clone(),
+        lr_decay: a.lr_decay,
         strategy: a.strategy,
         server_momentum: a.server_momentum,
         server_lr: a.server_lr,
         dp,
         secure: a.secure_agg.then(|| {
             a.secagg_threshold
-                .unwrap_or_else(|| (2 * per_round_guess).div_ceil(3).max(2))
+                .unwrap_or_else(|| (per_round_guess / 2 + 1).max(2))
         }),
         dropout: a.dropout,
         max_norm_ratio: 10.0,
@@ -530,7 +548,7 @@ fn round_line(r: &RoundReport) -> String {
         s += &format!(", node {} rejected ({})", rej.node, rej.reason);
     }
     if !r.aggregated {
-        s += ", too few reported: model unchanged";
+        s += ", too few reported (or too few to unmask): model unchanged";
     }
     s += &format!(", accuracy {}", opt(r.accuracy));
     if let Some(t) = r.test_accuracy {

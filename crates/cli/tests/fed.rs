@@ -70,8 +70,6 @@ fn fed_simulate_runs_and_refuses_bad_input() {
             "3",
             "--local-epochs",
             "2",
-            "--lr",
-            "0.05",
             "--batch",
             "8",
             "--max-len",

@@ -52,6 +52,10 @@ pub struct SimConfig {
     /// The fewest nodes that must report for a round to count.
     pub min_nodes: usize,
     pub local: TrainConfig,
+    /// The local learning rate is multiplied by this every round (1: constant). FedAvg on
+    /// non-IID data needs a decaying rate to reach the global optimum (Li et al., ICLR 2020).
+    #[serde(default = "one")]
+    pub lr_decay: f64,
     pub strategy: Strategy,
     /// Server momentum β (FedAvgM; 0: plain averaging) and server learning rate.
     pub server_momentum: f64,
@@ -79,6 +83,12 @@ impl SimConfig {
             return Err(Error::Invalid(format!(
                 "--dropout {} must be in [0, 1): the chance a sampled node drops out",
                 self.dropout
+            )));
+        }
+        if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "--lr-decay {} must be in (0, 1]: the factor on the local learning rate each round",
+                self.lr_decay
             )));
         }
         if self.rounds == 0 {
@@ -113,6 +123,10 @@ impl SimConfig {
     pub fn sampled(&self, nodes: usize) -> usize {
         ((self.fraction * nodes as f64).round() as usize).clamp(self.min_nodes.min(nodes), nodes)
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What happened in one round.
@@ -222,7 +236,10 @@ pub fn simulate(
             .collect();
         let task = RoundTask {
             round,
-            train: cfg.local.clone(),
+            train: TrainConfig {
+                lr: cfg.local.lr * cfg.lr_decay.powi(round as i32 - 1),
+                ..cfg.local.clone()
+            },
             prox_mu: mu,
             local_dp: cfg.dp.filter(|d| d.kind == DpKind::Local),
         };
@@ -231,7 +248,15 @@ pub fn simulate(
             updates.push(local_round(learner, &nodes[i], &global, &task)?);
         }
         let len = global.len();
-        let (kept, rejected) = screen(updates, len, cfg.max_norm_ratio);
+        // Under secure aggregation the server cannot see single updates: the finite/shape check
+        // stands for the one each node runs on its own update before masking, and there is no
+        // norm-outlier screening (clip with DP to bound a node's influence instead).
+        let ratio = if cfg.secure.is_some() {
+            0.0
+        } else {
+            cfg.max_norm_ratio
+        };
+        let (kept, rejected) = screen(updates, len, ratio);
         let loss = kept.iter().map(|u| u.loss).sum::<f64>() / kept.len().max(1) as f64;
         let mut norms: Vec<f64> = kept
             .iter()
@@ -249,7 +274,9 @@ pub fn simulate(
         } else {
             bytes_sent += global.bytes() * reported as u64;
         }
-        let aggregated = kept.len() >= cfg.min_nodes;
+        // Too few reports, or (secure aggregation) fewer than the threshold to unmask: the round
+        // is skipped and the global model stays as it was.
+        let aggregated = kept.len() >= cfg.min_nodes && cfg.secure.is_none_or(|t| kept.len() >= t);
         if aggregated {
             let dp = cfg.dp;
             // Under DP every node counts once (bounded sensitivity); otherwise by its examples.

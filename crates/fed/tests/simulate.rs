@@ -96,6 +96,7 @@ fn config() -> SimConfig {
             patience: 0,
             ..Default::default()
         },
+        lr_decay: 1.0,
         strategy: Strategy::FedAvg,
         server_momentum: 0.0,
         server_lr: 1.0,

@@ -21,6 +21,8 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Plain SGD instead (θ ← θ·(1 − lr·decay) − lr·g); the moments stay zero.
+    pub sgd: bool,
 }
 
 /// Whether weight decay applies to a variable, by its name: not to biases and LayerNorm.
@@ -45,6 +47,7 @@ impl AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+            sgd: false,
         }
     }
 
@@ -71,6 +74,13 @@ impl AdamW {
             } else {
                 1.0
             };
+            if self.sgd {
+                for (t, &gj) in theta.iter_mut().zip(&g) {
+                    *t = *t * keep - lr32 * gj * scale;
+                }
+                var.set(&Tensor::from_vec(theta, var.shape(), &Device::Cpu)?)?;
+                continue;
+            }
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             for j in 0..theta.len() {
                 let gj = g[j] * scale;
@@ -191,5 +201,19 @@ mod tests {
         assert!(wrong.load_state(&state, 1).is_err());
         let mut missing = AdamW::new(vec![("other".into(), w)], 0.5);
         assert!(missing.load_state(&state, 1).is_err());
+    }
+
+    #[test]
+    fn sgd_steps_against_the_gradient() {
+        let w = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], 0.0);
+        opt.sgd = true;
+        let g = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
+        opt.step(&[Some(g)], 0.1, 2.0).unwrap();
+        let v = w.as_tensor().to_vec1::<f32>().unwrap();
+        assert!(
+            (v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.8).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

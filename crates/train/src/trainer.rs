@@ -31,6 +31,32 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many epochs without a better validation score (0: never).
     pub patience: usize,
+    /// The update rule.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+}
+
+/// The update rule of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// AdamW (decoupled weight decay): the default for fine-tuning.
+    #[default]
+    AdamW,
+    /// Plain SGD with the same decay and clipping: federated local steps, where averaging
+    /// Adam's per-node normalised steps biases FedAvg on skewed nodes.
+    Sgd,
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "adamw" | "adam" => Ok(Optimizer::AdamW),
+            "sgd" => Ok(Optimizer::Sgd),
+            _ => Err(format!("'{s}': the optimisers are adamw and sgd")),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -45,6 +71,7 @@ impl Default for TrainConfig {
             clip: 1.0,
             seed: 0,
             patience: 2,
+            optimizer: Optimizer::AdamW,
         }
     }
 }
@@ -287,6 +314,7 @@ pub fn fit(
     check(cfg, n)?;
     let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
     let mut opt = AdamW::new(vars, cfg.weight_decay);
+    opt.sgd = cfg.optimizer == Optimizer::Sgd;
     let micro = cfg.batch / cfg.accum;
     let steps_per_epoch = n.div_ceil(cfg.batch);
     let total = steps_per_epoch * cfg.epochs;
@@ -485,6 +513,7 @@ mod tests {
             clip: 10.0,
             seed: 1,
             patience: 0,
+            optimizer: Optimizer::AdamW,
         };
         let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];
         let report = fit(&mut task, vars, &cfg, &Control::default(), &mut |_| {}).unwrap();
