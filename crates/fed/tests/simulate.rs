@@ -265,3 +265,66 @@ fn differential_privacy_spends_epsilon_and_bad_thresholds_are_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("threshold"), "{e}");
 }
+
+/// Full mode: every weight of the encoder is trained locally and averaged (bytes to match).
+#[test]
+fn full_mode_trains_and_exchanges_every_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = frugal_models::assets::Store::from_env()
+        .ensure("minilm")
+        .unwrap();
+    let labels = vec!["fruit".to_string(), "vehicle".to_string()];
+    let mut learner = Learner::new(&base, labels, Mode::Full, 16, 0).unwrap();
+    let d: Vec<Example> = data().into_iter().step_by(4).collect();
+    let parts = partition(&d, None, 3, &Partition::Iid, 0).unwrap();
+    let nodes: Vec<NodeData> = parts
+        .iter()
+        .enumerate()
+        .map(|(id, idx)| {
+            let ex: Vec<Example> = idx.iter().map(|&i| d[i].clone()).collect();
+            NodeData {
+                id,
+                train: learner.prepare(&ex[1..]).unwrap(),
+                valid: learner.prepare(&ex[..1]).unwrap(),
+            }
+        })
+        .collect();
+    let initial = Weights::from_named(&learner.weights().unwrap()).unwrap();
+    assert!(initial.len() > 20_000_000, "the whole encoder travels");
+    let cfg = SimConfig {
+        rounds: 2,
+        local: TrainConfig {
+            epochs: 1,
+            lr: 1e-4,
+            batch: 4,
+            ..Default::default()
+        },
+        ..config()
+    };
+    let (global, hist) = simulate(
+        &mut learner,
+        &initial,
+        &nodes,
+        None,
+        &cfg,
+        "toy-full",
+        dir.path(),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(hist[0].bytes_sent, 3 * initial.bytes());
+    // Encoder weights moved, not only the head.
+    let at = global
+        .names
+        .iter()
+        .position(|n| n.contains("encoder.layer.0."))
+        .unwrap();
+    let start: usize = global.shapes[..at]
+        .iter()
+        .map(|s| s.iter().product::<usize>())
+        .sum();
+    let len: usize = global.shapes[at].iter().product();
+    let moved = (start..start + len).any(|i| (global.data[i] - initial.data[i]).abs() > 1e-7);
+    assert!(moved, "{} did not change", global.names[at]);
+}
