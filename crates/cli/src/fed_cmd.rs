@@ -405,6 +405,14 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         history.iter().map(|r| r.bytes_sent as f64).sum::<f64>() / history.len() as f64;
     let mean_recv: f64 =
         history.iter().map(|r| r.bytes_received as f64).sum::<f64>() / history.len() as f64;
+    // Bytes each node sent and received over the whole run.
+    let mut per_node = vec![(0u64, 0u64); a.nodes];
+    for r in &history {
+        for &(i, s, rcv) in &r.node_bytes {
+            per_node[i].0 += s;
+            per_node[i].1 += rcv;
+        }
+    }
     let first_within = centralised.and_then(|(_, _, t)| t).and_then(|ct| {
         history
             .iter()
@@ -430,6 +438,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
             "cut": full_bytes as f64 / update_bytes.max(1) as f64,
             "mean_sent_per_round": mean_sent,
             "mean_received_per_round": mean_recv,
+            "per_node": per_node.iter().enumerate().map(|(i, (s, r))| serde_json::json!({"node": i, "sent": s, "received": r})).collect::<Vec<_>>(),
         },
         "dp": dp,
         "secure_aggregation_threshold": cfg.secure,

@@ -88,6 +88,16 @@ fn fed_simulate_runs_and_refuses_bad_input() {
     assert_eq!(j["rounds"].as_array().unwrap().len(), 3);
     assert_eq!(j["label_mix"].as_array().unwrap().len(), 4);
     assert!(j["bytes"]["cut"].as_f64().unwrap() >= 10.0, "{j}");
+    let per_node = j["bytes"]["per_node"].as_array().unwrap();
+    assert_eq!(per_node.len(), 4);
+    let sent: u64 = per_node.iter().map(|n| n["sent"].as_u64().unwrap()).sum();
+    let rounds_sent: u64 = j["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(sent > 0 && sent == rounds_sent, "{j}");
     assert!(j["centralised"]["test_accuracy"].as_f64().is_some(), "{j}");
     assert!(j["final"]["test_accuracy"].as_f64().unwrap() >= 0.75, "{j}");
     assert!(j["secure_aggregation_threshold"].as_u64().is_some());

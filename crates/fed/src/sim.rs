@@ -148,6 +148,8 @@ pub struct RoundReport {
     pub update_norm: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// (node, bytes sent, bytes received) for each sampled node.
+    pub node_bytes: Vec<(usize, u64, u64)>,
     /// Privacy spent so far (DP on).
     pub epsilon: Option<f64>,
     pub seconds: f64,
@@ -264,16 +266,30 @@ pub fn simulate(
             .collect();
         norms.sort_by(f64::total_cmp);
         let update_norm = norms.get(norms.len() / 2).copied().unwrap_or(0.0);
-        // Bytes: every sampled node receives the global weights; reporting nodes send.
-        let mut bytes_received = global.bytes() * sampled.len() as u64;
-        let mut bytes_sent = 0u64;
-        let reported = sampled.len() - dropped.len();
-        if cfg.secure.is_some() {
-            bytes_received += secagg::bytes_received(sampled.len()) * sampled.len() as u64;
-            bytes_sent += secagg::bytes_sent(sampled.len(), len + 1) * reported as u64;
-        } else {
-            bytes_sent += global.bytes() * reported as u64;
-        }
+        // Bytes per sampled node: each receives the global weights (and, with secure
+        // aggregation, the others' keys and its shares); each that reports sends its update
+        // (masked, with its shares, under secure aggregation).
+        let per_node_recv = global.bytes()
+            + cfg
+                .secure
+                .map_or(0, |_| secagg::bytes_received(sampled.len()));
+        let per_node_sent = match cfg.secure {
+            Some(_) => secagg::bytes_sent(sampled.len(), len + 1),
+            None => global.bytes(),
+        };
+        let node_bytes: Vec<(usize, u64, u64)> = sampled
+            .iter()
+            .map(|&i| {
+                let sent = if dropped.contains(&i) {
+                    0
+                } else {
+                    per_node_sent
+                };
+                (i, sent, per_node_recv)
+            })
+            .collect();
+        let bytes_sent = node_bytes.iter().map(|b| b.1).sum();
+        let bytes_received = node_bytes.iter().map(|b| b.2).sum();
         // Too few reports, or (secure aggregation) fewer than the threshold to unmask: the round
         // is skipped and the global model stays as it was.
         let aggregated = kept.len() >= cfg.min_nodes && cfg.secure.is_none_or(|t| kept.len() >= t);
@@ -369,6 +385,7 @@ pub fn simulate(
             update_norm,
             bytes_sent,
             bytes_received,
+            node_bytes,
             epsilon: eps,
             seconds: t0.elapsed().as_secs_f64(),
         };
