@@ -1,21 +1,8 @@
 //! `frugal distill` end to end on the real MiniLM: a head-mode teacher, a one-layer student, the
 //! table's fields, brought teacher outputs, and bad input.
 
-use std::process::Command;
-
-fn frugal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_frugal"))
-}
-
-fn fails(args: &[&str], needles: &[&str]) {
-    let r = frugal().args(args).output().unwrap();
-    let e = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "succeeded: {args:?}");
-    assert!(!e.contains("panicked"), "{e}");
-    for n in needles {
-        assert!(e.contains(n), "'{n}' not in {e}");
-    }
-}
+mod common;
+use common::{fails, frugal};
 
 #[test]
 fn distill_a_checkpoint_into_a_one_layer_student() {

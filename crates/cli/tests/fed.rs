@@ -2,21 +2,8 @@
 //! summary, the final checkpoint working with `eval`, the chart, partition by field, and bad
 //! input.
 
-use std::process::Command;
-
-fn frugal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_frugal"))
-}
-
-fn fails(args: &[&str], needles: &[&str]) {
-    let r = frugal().args(args).output().unwrap();
-    let e = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "succeeded: {args:?}");
-    assert!(!e.contains("panicked"), "{e}");
-    for n in needles {
-        assert!(e.contains(n), "'{n}' not in {e}");
-    }
-}
+mod common;
+use common::{fails, frugal};
 
 fn toy(dir: &std::path::Path, missing_site: bool) -> std::path::PathBuf {
     let fruit = ["apple", "banana", "cherry", "grape", "lemon", "mango"];

@@ -1,20 +1,7 @@
 //! `frugal zeroshot`, `fewshot` and `curve` end to end on the real MiniLM, with bad input.
 
-use std::process::Command;
-
-fn frugal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_frugal"))
-}
-
-fn fails(args: &[&str], needles: &[&str]) {
-    let r = frugal().args(args).output().unwrap();
-    let e = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "succeeded: {args:?}");
-    assert!(!e.contains("panicked"), "{e}");
-    for n in needles {
-        assert!(e.contains(n), "'{n}' not in {e}");
-    }
-}
+mod common;
+use common::{fails, frugal};
 
 fn toy(dir: &std::path::Path) -> std::path::PathBuf {
     let mut lines = String::new();
