@@ -1,4 +1,4 @@
-//! Charts as SVG files: the TCO stacked bars, the few-shot learning curve.
+//! Charts as SVG files: the TCO stacked bars, the few-shot learning curve, federated rounds.
 
 use anyhow::{Context, Result};
 use frugal_cost::tco::Report;
@@ -23,6 +23,35 @@ fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()>
         return Err(e);
     }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+type LineChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Horizontal reference lines across [x0, x1] (e.g. zero-shot, centralised), then the legend.
+fn reference_lines<'a, 'b: 'a>(
+    chart: &mut LineChart<'a, 'b>,
+    refs: &[(String, f64)],
+    x0: f64,
+    x1: f64,
+) -> Result<()> {
+    for (i, (name, v)) in refs.iter().enumerate() {
+        let color = COLORS[(i + 1) % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new([(x0, *v), (x1, *v)], color.stroke_width(2)))?
+            .label(format!("{name} ({v:.3})"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// One stacked bar per scenario, split into the five cost drivers.
@@ -91,21 +120,7 @@ pub fn learning_curve(
                 .zip(&xs)
                 .map(|(p, &x)| ErrorBar::new_vertical(x, p.min, p.mean, p.max, c.filled(), 8)),
         )?;
-        for (i, (name, v)) in refs.iter().enumerate() {
-            let color = COLORS[(i + 1) % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new([(x0, *v), (x1, *v)], color.stroke_width(2)))?
-                .label(format!("{name} ({v:.3})"))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        reference_lines(&mut chart, refs, x0, x1)?;
         root.present()?;
         Ok(())
     })
@@ -143,24 +158,7 @@ pub fn rounds(
             ))?
             .label("federated")
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
-        for (i, (name, v)) in refs.iter().enumerate() {
-            let color = COLORS[(i + 1) % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.5, *v), (x1, *v)],
-                    color.stroke_width(2),
-                ))?
-                .label(format!("{name} ({v:.3})"))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        reference_lines(&mut chart, refs, 0.5, x1)?;
         root.present()?;
         Ok(())
     })
