@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 enum ModeArg {
     Head,
     Full,
+    /// Low-rank adapters (rank 8) on the query and value projections, and the head.
+    Lora,
 }
 
 #[derive(Args)]
@@ -152,12 +154,17 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
     let mode = match a.mode {
         ModeArg::Head => Mode::Head,
         ModeArg::Full => Mode::Full,
+        ModeArg::Lora => Mode::Lora,
     };
     let config = TrainConfig {
         epochs: a
             .epochs
             .map_or(if mode == Mode::Head { 20 } else { 3 }, |e| e as usize),
-        lr: a.lr.unwrap_or(if mode == Mode::Head { 1e-2 } else { 5e-5 }),
+        lr: a.lr.unwrap_or(match mode {
+            Mode::Head => 1e-2,
+            Mode::Full => 5e-5,
+            Mode::Lora => 5e-4,
+        }),
         batch: a.batch as usize,
         accum: a.accum as usize,
         seed: a.seed,

@@ -136,3 +136,59 @@ fn fed_simulate_runs_and_refuses_bad_input() {
     );
     fails(&with(&["--chart", "x.png"]), &["*.svg"]);
 }
+
+/// LoRA mode: only the adapters and the head travel (far fewer bytes than the full model), and
+/// the final model, adapters folded in, works with `eval`.
+#[test]
+fn fed_simulate_with_lora_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = toy(dir.path(), false);
+    let d = data.to_str().unwrap();
+    let out = dir.path().join("lora");
+    let o = out.to_str().unwrap();
+    let r = frugal()
+        .args([
+            "fed",
+            "simulate",
+            "--data",
+            d,
+            "--test",
+            d,
+            "--nodes",
+            "3",
+            "--partition",
+            "iid",
+            "--rounds",
+            "2",
+            "--mode",
+            "lora",
+            "--max-len",
+            "16",
+            "--batch",
+            "8",
+            "--out",
+            o,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["mode"], "lora");
+    let update = j["bytes"]["update"].as_u64().unwrap();
+    // Head (770 floats) plus 6 layers x (query, value) x rank-8 A and B.
+    assert_eq!(update, 4 * (770 + 6 * 2 * 2 * 8 * 384), "{j}");
+    assert!(j["bytes"]["cut"].as_f64().unwrap() >= 10.0, "{j}");
+    let r = frugal()
+        .args([
+            "eval",
+            "--model",
+            &format!("{o}/model"),
+            "--data",
+            d,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

@@ -29,7 +29,14 @@ pub enum Mode {
     Head,
     /// Fine-tuning: all weights.
     Full,
+    /// Low-rank adapters on every layer's query and value projections, and the head; the
+    /// checkpoint folds the adapters into the weights.
+    Lora,
 }
+
+/// The adapters' rank and α (scale α / rank) in `Mode::Lora`.
+pub const LORA_RANK: usize = 8;
+pub const LORA_ALPHA: f64 = 16.0;
 
 /// `frugal.json`: what a checkpoint is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,11 +174,49 @@ impl Classifier {
     pub fn save(&self, base: &Path, dir: &Path, info: &CheckpointInfo) -> Result<()> {
         crate::replace_dir(dir, |tmp| {
             copy_base_files(base, tmp)?;
-            self.varmap.save(tmp.join("model.safetensors"))?;
+            self.save_weights(&tmp.join("model.safetensors"))?;
             let json = serde_json::to_vec_pretty(info).expect("checkpoint info serialises");
             std::fs::write(tmp.join("frugal.json"), json)
                 .map_err(|e| Error::data(tmp, format!("cannot write: {e}")))
         })
+    }
+
+    /// Adds LoRA adapters (rank `LORA_RANK`) to the encoder, for `Mode::Lora`.
+    pub fn add_lora(&mut self, seed: u64) -> Result<()> {
+        if !self.encoder.model.has_lora() {
+            self.encoder
+                .model
+                .add_lora(&self.varmap, LORA_RANK, LORA_ALPHA, seed)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the weights; LoRA adapters are folded into the projections they adapt, so the
+    /// file loads as a plain encoder plus head.
+    fn save_weights(&self, path: &Path) -> Result<()> {
+        if !self.encoder.model.has_lora() {
+            return Ok(self.varmap.save(path)?);
+        }
+        let merged: std::collections::HashMap<String, Tensor> = self
+            .encoder
+            .model
+            .merged_lora_weights()?
+            .into_iter()
+            .collect();
+        let map = self.varmap.data().lock().expect("varmap lock");
+        let out: std::collections::HashMap<String, Tensor> = map
+            .iter()
+            .filter(|(n, _)| !n.contains(".lora_"))
+            .map(|(n, v)| {
+                let t = merged
+                    .get(n)
+                    .cloned()
+                    .unwrap_or_else(|| v.as_tensor().clone());
+                (n.clone(), t)
+            })
+            .collect();
+        candle_core::safetensors::save(&out, path)?;
+        Ok(())
     }
 
     /// The variables `mode` trains, named and sorted by name (so a saved optimiser state lines
@@ -180,7 +225,11 @@ impl Classifier {
         let map = self.varmap.data().lock().expect("varmap lock");
         let mut v: Vec<_> = map
             .iter()
-            .filter(|(n, _)| mode == Mode::Full || n.starts_with("classifier."))
+            .filter(|(n, _)| match mode {
+                Mode::Full => !n.contains(".lora_"),
+                Mode::Head => n.starts_with("classifier."),
+                Mode::Lora => n.starts_with("classifier.") || n.contains(".lora_"),
+            })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -488,7 +537,7 @@ impl Task for ClassifyTask<'_> {
         };
         self.clf.encoder.model.train = false;
         let m = self.clf.evaluate(valid, 32);
-        self.clf.encoder.model.train = self.spec.mode == Mode::Full;
+        self.clf.encoder.model.train = self.spec.mode != Mode::Head;
         let m = m?;
         let score = m.macro_f1;
         self.last_metrics = Some(m);
@@ -605,6 +654,9 @@ pub fn train(
         }
     }
     let mut clf = Classifier::new(spec.base, labels.clone(), spec.config.seed)?;
+    if spec.mode == Mode::Lora {
+        clf.add_lora(spec.config.seed)?;
+    }
     if let Some(m) = spec.max_len {
         clf.encoder.set_max_len(m)?;
     }
@@ -687,7 +739,7 @@ pub fn train(
                 vec![],
             )
         }
-        Mode::Full => (
+        Mode::Full | Mode::Lora => (
             None,
             clf.encoder
                 .tokenize(&texts)?
@@ -697,7 +749,7 @@ pub fn train(
         ),
     };
     let vars = clf.trained_vars(spec.mode);
-    clf.encoder.model.train = spec.mode == Mode::Full;
+    clf.encoder.model.train = spec.mode != Mode::Head;
     let info = CheckpointInfo {
         labels,
         base: spec.base_name.clone(),

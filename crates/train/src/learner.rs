@@ -55,6 +55,9 @@ impl Learner {
     ) -> Result<Learner> {
         let mut clf = Classifier::new(base, labels, seed)?;
         clf.encoder.set_max_len(max_len)?;
+        if mode == Mode::Lora {
+            clf.add_lora(seed)?;
+        }
         Ok(Learner { clf, mode })
     }
 
@@ -103,7 +106,7 @@ impl Learner {
                     tokens: vec![],
                 }
             }
-            Mode::Full => Prepared {
+            Mode::Full | Mode::Lora => Prepared {
                 targets,
                 cached: None,
                 tokens: self
@@ -215,7 +218,7 @@ impl Learner {
             }
             _ => None,
         };
-        self.clf.encoder.model.train = self.mode == Mode::Full;
+        self.clf.encoder.model.train = self.mode != Mode::Head;
         let mut task = LocalTask {
             clf: &self.clf,
             data,

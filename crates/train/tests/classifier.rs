@@ -232,3 +232,83 @@ fn transfer_learning_on_real_minilm_separates_the_toy_task() {
     let p = clf.predict(&["a ripe peach", "a red bus"], 2).unwrap();
     assert!(p[0][0] > 0.5 && p[1][1] > 0.5, "{p:?}");
 }
+
+/// LoRA: only the adapters and the head train (the base weights stay as they were), the loss
+/// falls, and the checkpoint folds the adapters in: reloaded as a plain encoder it predicts
+/// exactly what the adapted model did.
+#[test]
+fn lora_trains_only_adapters_and_the_checkpoint_folds_them_in() {
+    use frugal_train::learner::Learner;
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_base(dir.path());
+    let (train_set, _) = toy();
+    let labels = vec!["fruit".to_string(), "vehicle".to_string()];
+    let mut learner = Learner::new(&base, labels, Mode::Lora, 32, 0).unwrap();
+    let names: Vec<String> = learner
+        .weights()
+        .unwrap()
+        .into_iter()
+        .map(|w| w.0)
+        .collect();
+    assert_eq!(names.len(), 2 + 2 * 2 * 2, "{names:?}"); // head + 2 layers × (q, v) × (A, B)
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("classifier.") || n.contains(".lora_")));
+    let frozen = |l: &Learner| {
+        let map = l.clf.varmap.data().lock().unwrap();
+        map["encoder.layer.0.attention.self.query.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let before = frozen(&learner);
+    let data = learner.prepare(&train_set).unwrap();
+    let cfg = TrainConfig {
+        epochs: 30,
+        lr: 1e-2,
+        batch: 8,
+        patience: 0,
+        ..Default::default()
+    };
+    let report = learner.fit(&data, &cfg, None).unwrap();
+    assert!(report.final_loss < 0.3, "{report:?}");
+    assert_eq!(before, frozen(&learner), "the base weights did not train");
+    let b = learner
+        .weights()
+        .unwrap()
+        .into_iter()
+        .find(|w| w.0.ends_with("query.lora_b"))
+        .unwrap();
+    assert!(
+        b.1.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    let adapted = learner.predict(&data).unwrap();
+    let out = dir.path().join("lora-ckpt");
+    let info = frugal_train::classifier::CheckpointInfo {
+        labels: learner.clf.labels.clone(),
+        base: "tiny".into(),
+        base_weights_sha256: String::new(),
+        mode: Mode::Lora,
+        max_len: 32,
+        config: cfg,
+        metrics: None,
+        data_fingerprint: String::new(),
+        epoch: None,
+        teacher: None,
+    };
+    learner.clf.save(&base, &out, &info).unwrap();
+    let (plain, _) = Classifier::load(&out).unwrap();
+    let texts: Vec<&str> = train_set.iter().map(|e| e.text.as_str()).collect();
+    let reloaded = plain.predict(&texts, 8).unwrap();
+    for (a, b) in adapted.iter().zip(&reloaded) {
+        assert!((a[0] - b[0]).abs() < 1e-4, "{a:?} vs {b:?}");
+    }
+}

@@ -88,6 +88,27 @@ struct Layer {
     inter: Linear,
     out: Linear,
     out_norm: LayerNorm,
+    /// Low-rank adapters on the query and value projections (LoRA), when added.
+    lora_q: Option<Lora>,
+    lora_v: Option<Lora>,
+}
+
+/// A low-rank adapter on a projection (Hu et al. 2021): y = W·x + b + s·B·(A·x), A (r × in)
+/// random, B (out × r) zero, so the model is unchanged until B is trained; s = α / r.
+struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+impl Lora {
+    fn apply(lin: &Linear, lora: &Option<Lora>, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = lin.forward(x)?;
+        match lora {
+            None => Ok(y),
+            Some(l) => y + (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?,
+        }
+    }
 }
 
 /// A BERT encoder: token ids in, one hidden vector per token out.
@@ -138,6 +159,8 @@ impl Bert {
                 inter: candle_nn::linear(h, c.intermediate_size, l.pp("intermediate.dense"))?,
                 out: candle_nn::linear(c.intermediate_size, h, l.pp("output.dense"))?,
                 out_norm: LayerNorm::load(l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+                lora_q: None,
+                lora_v: None,
             });
         }
         Ok(Bert {
@@ -152,6 +175,87 @@ impl Bert {
             attention_dropout: config.attention_probs_dropout_prob,
             dropout_seed: Default::default(),
         })
+    }
+
+    /// Adds rank-`rank` LoRA adapters to every layer's query and value projections, as
+    /// variables in `varmap` named `encoder.layer.N.attention.self.{query,value}.lora_{a,b}`
+    /// (A uniform in ±1/√hidden from `seed`, B zero; scale `alpha / rank`). Training only those
+    /// (and a head) sends a few hundred KB per federated update instead of the whole model.
+    pub fn add_lora(
+        &mut self,
+        varmap: &candle_nn::VarMap,
+        rank: usize,
+        alpha: f64,
+        seed: u64,
+    ) -> candle_core::Result<()> {
+        use rand::{Rng, SeedableRng};
+        if rank == 0 || rank > self.config.hidden_size {
+            candle_core::bail!(
+                "LoRA rank {rank} must be between 1 and the hidden size {}",
+                self.config.hidden_size
+            );
+        }
+        let h = self.config.hidden_size;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6c6f_7261);
+        let bound = 1.0 / (h as f32).sqrt();
+        let mut map = varmap.data().lock().expect("varmap lock");
+        let mut make = |name: String, dims: (usize, usize), random: bool| {
+            let vals: Vec<f32> = (0..dims.0 * dims.1)
+                .map(|_| {
+                    if random {
+                        rng.random_range(-bound..bound)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let var = candle_core::Var::from_vec(vals, dims, &candle_core::Device::Cpu)?;
+            let t = var.as_tensor().clone();
+            map.insert(name, var);
+            Ok::<Tensor, candle_core::Error>(t)
+        };
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for which in ["query", "value"] {
+                let base = format!("encoder.layer.{i}.attention.self.{which}");
+                let lora = Lora {
+                    a: make(format!("{base}.lora_a"), (rank, h), true)?,
+                    b: make(format!("{base}.lora_b"), (h, rank), false)?,
+                    scale: alpha / rank as f64,
+                };
+                if which == "query" {
+                    layer.lora_q = Some(lora);
+                } else {
+                    layer.lora_v = Some(lora);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when LoRA adapters were added.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| l.lora_q.is_some())
+    }
+
+    /// The query and value weights with the adapters folded in (W + s·B·A), by their names:
+    /// written instead of the separate adapters, a checkpoint loads as a plain encoder.
+    pub fn merged_lora_weights(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = vec![];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (which, lin, lora) in [
+                ("query", &layer.query, &layer.lora_q),
+                ("value", &layer.value, &layer.lora_v),
+            ] {
+                if let Some(l) = lora {
+                    let w = (lin.weight() + (l.b.matmul(&l.a)? * l.scale)?)?;
+                    out.push((
+                        format!("encoder.layer.{i}.attention.self.{which}.weight"),
+                        w,
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Makes the dropout masks of the next forward pass a function of `seed` (the trainer seeds
@@ -215,9 +319,9 @@ impl Bert {
         let mut outs = vec![];
         for layer in &self.layers {
             let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
-            let q = heads((layer.query.forward(&x)? * scale)?)?;
+            let q = heads((Lora::apply(&layer.query, &layer.lora_q, &x)? * scale)?)?;
             let k = heads(layer.key.forward(&x)?)?;
-            let v = heads(layer.value.forward(&x)?)?;
+            let v = heads(Lora::apply(&layer.value, &layer.lora_v, &x)?)?;
             let mut scores = q.matmul(&k.t()?)?;
             if let Some(bias) = &bias {
                 scores = scores.broadcast_add(bias)?;
