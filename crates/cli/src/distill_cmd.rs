@@ -330,7 +330,10 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
             })
         }
     };
+    // Written once now to check the student flags before the (slow) teacher runs, removed, and
+    // written again after it: stopping during the labelling leaves no folder behind.
     write_student_base(&base, &keep, shrink, &student_base)?;
+    let _ = std::fs::remove_dir_all(&student_base);
 
     // Teacher outputs for the training and transfer texts.
     let mut all = train_set.clone();
@@ -378,6 +381,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
                 .for_each(|(i, x)| *x = if i == top { 1.0 } else { 0.0 });
         }
     }
+    write_student_base(&base, &keep, shrink, &student_base)?;
     let teacher_desc = match &teacher {
         Teacher::Checkpoint(d, _) => format!("checkpoint {}", d.display()),
         Teacher::Chat(m, _) => format!("chat model {}", m.path.display()),

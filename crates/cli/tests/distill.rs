@@ -278,3 +278,41 @@ fn distill_from_a_chat_teacher_with_channel_scoring() {
     bad[4] = "guess";
     fails(&bad, &["guess", "answer and channel"]);
 }
+
+/// Killed while the chat teacher labels, distill leaves no temporary student folder behind.
+#[test]
+fn a_distill_killed_during_labelling_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("t.jsonl");
+    let mut lines = String::new();
+    for i in 0..200 {
+        let label = if i % 2 == 0 { "fruit" } else { "vehicle" };
+        lines.push_str(&format!(
+            "{{\"text\": \"text number {i} about {label} and many other things\", \"label\": \"{label}\"}}\n"
+        ));
+    }
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.path().join("student");
+    let mut child = frugal()
+        .args([
+            "-q",
+            "distill",
+            "--teacher",
+            "smollm2",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("student"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
