@@ -7,9 +7,8 @@ use candle_core::Device;
 use common::{ex, tiny_base, tiny_base_with_dropout, toy};
 use frugal_models::assets::Store;
 use frugal_train::classifier::{state_dir, train, Classifier, Mode, TrainSpec};
-use frugal_train::data::Example;
 use frugal_train::trainer::TrainConfig;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[test]
