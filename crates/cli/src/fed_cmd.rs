@@ -3,10 +3,10 @@
 
 use crate::data_cmd::FieldArgs;
 use crate::io::{progress, store};
-use crate::train_cmd::{load_eval, load_sets};
+use crate::train_cmd::{load_eval, load_sets, ModeArg};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use frugal_fed::node::NodeData;
 use frugal_fed::partition::{label_mix, partition, Partition};
 use frugal_fed::privacy::{noise_for_epsilon, DpConfig, DpKind};
@@ -24,17 +24,6 @@ use std::path::{Path, PathBuf};
 pub enum FedCmd {
     /// Federated training across N simulated nodes, each with its own slice of the data.
     Simulate(Box<SimulateArgs>),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    /// Only the classification head is trained and exchanged (a few KB per update).
-    Head,
-    /// Every weight is trained and exchanged.
-    Full,
-    /// Low-rank adapters (rank 8) on each layer's query and value, plus the head, are trained
-    /// and exchanged (~300 KB per update); the final model folds them in.
-    Lora,
 }
 
 #[derive(Args)]
@@ -192,11 +181,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         );
     }
     let parts = partition(&examples, groups.as_deref(), a.nodes, &a.partition, a.seed)?;
-    let mode = match a.mode {
-        ModeArg::Head => Mode::Head,
-        ModeArg::Full => Mode::Full,
-        ModeArg::Lora => Mode::Lora,
-    };
+    let mode = Mode::from(a.mode);
     let optimizer = a.optimizer.unwrap_or(if mode == Mode::Head {
         Optimizer::Sgd
     } else {

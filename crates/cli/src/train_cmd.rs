@@ -14,12 +14,26 @@ use frugal_train::trainer::TrainConfig;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Which weights train (and, in federated runs, travel).
 #[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
+pub(crate) enum ModeArg {
+    /// Only the classification head, on frozen embeddings (transfer learning; a few KB).
     Head,
+    /// Every weight (fine-tuning; ~90 MB for MiniLM).
     Full,
-    /// Low-rank adapters (rank 8) on the query and value projections, and the head.
+    /// Low-rank adapters (rank 8) on each layer's query and value projections, and the head
+    /// (~300 KB); checkpoints fold them into the weights.
     Lora,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Head => Mode::Head,
+            ModeArg::Full => Mode::Full,
+            ModeArg::Lora => Mode::Lora,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -33,8 +47,7 @@ pub struct TrainArgs {
     /// Validation data (default for spamassassin: its validation split; else none).
     #[arg(long)]
     valid: Option<String>,
-    /// head: train only a new classification head on frozen embeddings (transfer learning);
-    /// full: update every weight (fine-tuning).
+    /// Which weights train.
     #[arg(long, value_enum, default_value = "head")]
     mode: ModeArg,
     /// Checkpoint folder (the best epoch by validation macro-F1 is kept).
@@ -151,11 +164,7 @@ pub fn train_cmd(a: TrainArgs, ctx: &Ctx) -> Result<()> {
         ),
     };
     let (train_set, valid) = load_sets(&a.data, a.valid.as_deref(), &a.fields, ctx.quiet)?;
-    let mode = match a.mode {
-        ModeArg::Head => Mode::Head,
-        ModeArg::Full => Mode::Full,
-        ModeArg::Lora => Mode::Lora,
-    };
+    let mode = Mode::from(a.mode);
     let config = TrainConfig {
         epochs: a
             .epochs
