@@ -14,8 +14,8 @@ use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::{Classifier, HiddenMatch, Mode, SoftTargets, TrainSpec};
 use frugal_train::data::{load_texts, Example};
 use frugal_train::distill::{
-    evenly_spaced, layer_count, outputs_for, read_outputs, size_of, write_student_base,
-    ChatLabeller, OutputCache, Shrink, TeacherOutputs,
+    check_student, evenly_spaced, layer_count, outputs_for, read_outputs, size_of,
+    write_student_base, ChatLabeller, OutputCache, Shrink, TeacherOutputs,
 };
 use frugal_train::labeller::{default_prompt, Recalibration, Scoring};
 use frugal_train::trainer::TrainConfig;
@@ -330,10 +330,9 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
             })
         }
     };
-    // Written once now to check the student flags before the (slow) teacher runs, removed, and
-    // written again after it: stopping during the labelling leaves no folder behind.
-    write_student_base(&base, &keep, shrink, &student_base)?;
-    let _ = std::fs::remove_dir_all(&student_base);
+    // The student flags are checked now, before the (slow) teacher runs; its folder is written
+    // after it, so stopping during the labelling leaves nothing behind.
+    check_student(&base, &keep, shrink)?;
 
     // Teacher outputs for the training and transfer texts.
     let mut all = train_set.clone();

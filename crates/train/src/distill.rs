@@ -79,23 +79,19 @@ pub struct Shrink {
     pub intermediate: usize,
 }
 
-/// Writes a student encoder folder into `dir`: `from`'s embeddings, its layers `keep`
-/// (renumbered 0…), its pooling and tokenizer files, and its classification head if it has one
-/// (a `frugal train` checkpoint), so the student starts from the teacher's decision boundary.
-/// With `shrink`, every weight is cut to the smaller sizes (the leading rows and columns: whole
-/// attention heads, since the head size is kept), a structured-pruning start rather than a
-/// random one; weights whose shapes already match are copied as they are.
-pub fn write_student_base(
+/// Checks the student flags against the base `from` (layers to keep, narrower sizes) without
+/// writing anything, so a mistake is reported before any slow work.
+pub fn check_student(from: &Path, keep: &[usize], shrink: Option<Shrink>) -> Result<()> {
+    student_config(from, keep, shrink).map(|_| ())
+}
+
+/// The student's config.json and the base sizes that shrink to smaller ones (base, student).
+fn student_config(
     from: &Path,
     keep: &[usize],
     shrink: Option<Shrink>,
-    dir: &Path,
-) -> Result<()> {
+) -> Result<(serde_json::Value, Vec<(usize, usize)>)> {
     check_keep(layer_count(from)?, keep)?;
-    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    // The side files; config.json is written below with the student's sizes.
-    crate::classifier::copy_base_files(from, dir)?;
     let cfg_path = from.join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&cfg_path).map_err(|e| Error::data(&cfg_path, format!("{e}")))?,
@@ -108,7 +104,6 @@ pub fn write_student_base(
         size("intermediate_size"),
         size("num_attention_heads"),
     );
-    // Sizes of the base that become the shrunk ones.
     let mut cut: Vec<(usize, usize)> = vec![];
     if let Some(sh) = shrink {
         let head_dim = hidden / heads.max(1);
@@ -128,6 +123,28 @@ pub fn write_student_base(
         cfg["intermediate_size"] = sh.intermediate.into();
         cfg["num_attention_heads"] = (sh.hidden / head_dim).into();
         cut = vec![(hidden, sh.hidden), (inter, sh.intermediate)];
+    }
+    Ok((cfg, cut))
+}
+
+/// Writes a student encoder folder into `dir`: `from`'s embeddings, its layers `keep`
+/// (renumbered 0…), its pooling and tokenizer files, and its classification head if it has one
+/// (a `frugal train` checkpoint), so the student starts from the teacher's decision boundary.
+/// With `shrink`, every weight is cut to the smaller sizes (the leading rows and columns: whole
+/// attention heads, since the head size is kept), a structured-pruning start rather than a
+/// random one; weights whose shapes already match are copied as they are.
+pub fn write_student_base(
+    from: &Path,
+    keep: &[usize],
+    shrink: Option<Shrink>,
+    dir: &Path,
+) -> Result<()> {
+    let (cfg, cut) = student_config(from, keep, shrink)?;
+    let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    // The side files; config.json is written below with the student's sizes.
+    crate::classifier::copy_base_files(from, dir)?;
+    if let Some(sh) = shrink {
         let pool = dir.join("1_Pooling/config.json");
         if let Ok(bytes) = std::fs::read(&pool) {
             if let Ok(mut p) = serde_json::from_slice::<serde_json::Value>(&bytes) {
