@@ -7,6 +7,7 @@
 //! `frugal.json`, written to a temporary folder and renamed into place.
 
 use crate::data::Example;
+use crate::learner::Prepared;
 use crate::metrics::{evaluate, Metrics};
 use crate::trainer::{
     batch_seed, fit, Checkpointing, Control, FitReport, Progress, Task, TrainConfig,
@@ -435,11 +436,9 @@ pub fn state_dir(out: &Path) -> PathBuf {
 struct ClassifyTask<'a> {
     clf: Classifier,
     spec: &'a TrainSpec<'a>,
-    targets: Vec<u32>,
-    /// Head mode: pooled embeddings of the training texts, computed once.
-    cached: Option<Tensor>,
-    /// Full mode: token ids of the training texts.
-    tokens: Vec<Vec<u32>>,
+    /// The training texts as cached embeddings (head mode) or token ids, with their label
+    /// indices (`UNLABELLED` for soft-only examples).
+    data: Prepared,
     info: CheckpointInfo,
     last_metrics: Option<Metrics>,
     /// Distillation: teacher probabilities at temperature T (n x labels), Σ p·log p per example,
@@ -465,23 +464,26 @@ impl ClassifyTask<'_> {
         let seed = batch_seed(self.spec.config.seed ^ 0x517c_c1b7_2722_0a95, batch);
         self.clf.encoder.model.reseed_dropout(seed);
         let target = Tensor::new(
-            batch.iter().map(|&i| self.targets[i]).collect::<Vec<_>>(),
+            batch
+                .iter()
+                .map(|&i| self.data.targets[i])
+                .collect::<Vec<_>>(),
             &Device::Cpu,
         )?;
         let mut hidden_mse = None;
-        let pooled = match &self.cached {
-            Some(emb) => emb.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?,
-            None => {
-                let ids: Vec<&[u32]> = batch.iter().map(|&i| self.tokens[i].as_slice()).collect();
+        let pooled = match &self.hidden {
+            None => crate::learner::pooled(&self.clf, &self.data, batch)?,
+            // Hidden-state matching (full mode only) needs every layer's output.
+            Some(h) => {
+                let ids: Vec<&[u32]> = batch
+                    .iter()
+                    .map(|&i| self.data.tokens[i].as_slice())
+                    .collect();
                 let (ids, mask) = self.clf.encoder.batch_tensors(&ids).map_err(to_candle)?;
                 let enc = &self.clf.encoder;
-                let outs = enc
-                    .model
-                    .forward_layers(&ids, &mask, self.hidden.is_some())?;
+                let outs = enc.model.forward_layers(&ids, &mask, true)?;
+                hidden_mse = Some(h.mse(&outs, &ids, &mask)?);
                 let last = outs.last().expect("the last layer");
-                if let Some(h) = &self.hidden {
-                    hidden_mse = Some(h.mse(&outs, &ids, &mask)?);
-                }
                 enc.pool(last, &mask).map_err(to_candle)?
             }
         };
@@ -524,7 +526,7 @@ impl ClassifyTask<'_> {
 
 impl Task for ClassifyTask<'_> {
     fn len(&self) -> usize {
-        self.targets.len()
+        self.data.len()
     }
 
     fn loss(&mut self, batch: &[usize]) -> candle_core::Result<Tensor> {
@@ -726,28 +728,7 @@ pub fn train(
         }
     };
     let texts: Vec<&str> = spec.train.iter().map(|e| e.text.as_str()).collect();
-    let (cached, tokens) = match spec.mode {
-        Mode::Head => {
-            let emb = clf.encoder.embed(&texts, 32, &mut |_| {})?;
-            let flat: Vec<f32> = emb.vectors.into_iter().flatten().collect();
-            (
-                Some(Tensor::from_vec(
-                    flat,
-                    (texts.len(), clf.encoder.dim()),
-                    &Device::Cpu,
-                )?),
-                vec![],
-            )
-        }
-        Mode::Full | Mode::Lora => (
-            None,
-            clf.encoder
-                .tokenize(&texts)?
-                .into_iter()
-                .map(|t| t.ids)
-                .collect(),
-        ),
-    };
+    let data = Prepared::new(&clf.encoder, &texts, spec.mode, targets)?;
     let vars = clf.trained_vars(spec.mode);
     clf.encoder.model.train = spec.mode != Mode::Head;
     let info = CheckpointInfo {
@@ -767,9 +748,7 @@ pub fn train(
     let mut task = ClassifyTask {
         clf,
         spec,
-        targets,
-        cached,
-        tokens,
+        data,
         info,
         last_metrics: None,
         soft,

@@ -11,18 +11,57 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::Module;
 use frugal_models::chat::sampling::argmax;
+use frugal_models::encoder::Encoder;
 use std::path::Path;
 
-/// A node's data, ready for training and evaluation.
+/// Examples ready for training and evaluation: label indices, and the encoder's input.
 pub struct Prepared {
-    targets: Vec<u32>,
+    pub(crate) targets: Vec<u32>,
     /// Head mode: pooled embeddings (n x dim) of the frozen encoder.
-    cached: Option<Tensor>,
-    /// Full mode: token ids.
-    tokens: Vec<Vec<u32>>,
+    pub(crate) cached: Option<Tensor>,
+    /// Full and LoRA modes: token ids.
+    pub(crate) tokens: Vec<Vec<u32>>,
 }
 
 impl Prepared {
+    /// Embeds (head mode: the encoder is frozen, so once is enough) or tokenizes `texts`, with
+    /// their label indices `targets`.
+    pub(crate) fn new(
+        encoder: &Encoder,
+        texts: &[&str],
+        mode: Mode,
+        targets: Vec<u32>,
+    ) -> Result<Prepared> {
+        Ok(match mode {
+            Mode::Head => {
+                let flat: Vec<f32> = if texts.is_empty() {
+                    vec![]
+                } else {
+                    let emb = encoder.embed(texts, 32, &mut |_| {})?;
+                    emb.vectors.into_iter().flatten().collect()
+                };
+                Prepared {
+                    targets,
+                    cached: Some(Tensor::from_vec(
+                        flat,
+                        (texts.len(), encoder.dim()),
+                        &Device::Cpu,
+                    )?),
+                    tokens: vec![],
+                }
+            }
+            Mode::Full | Mode::Lora => Prepared {
+                targets,
+                cached: None,
+                tokens: encoder
+                    .tokenize(texts)?
+                    .into_iter()
+                    .map(|t| t.ids)
+                    .collect(),
+            },
+        })
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.targets.len()
@@ -82,42 +121,15 @@ impl Learner {
             .collect::<Result<Vec<u32>>>()
     }
 
-    /// Embeds (head mode) or tokenizes (full mode) labelled examples once.
+    /// Embeds (head mode) or tokenizes (full and LoRA modes) labelled examples once.
     pub fn prepare(&self, examples: &[Example]) -> Result<Prepared> {
-        let targets = self.targets(examples)?;
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        Ok(match self.mode {
-            Mode::Head if texts.is_empty() => Prepared {
-                targets,
-                cached: Some(Tensor::zeros(
-                    (0, self.clf.encoder.dim()),
-                    candle_core::DType::F32,
-                    &Device::Cpu,
-                )?),
-                tokens: vec![],
-            },
-            Mode::Head => {
-                let emb = self.clf.encoder.embed(&texts, 32, &mut |_| {})?;
-                let dim = self.clf.encoder.dim();
-                let flat: Vec<f32> = emb.vectors.into_iter().flatten().collect();
-                Prepared {
-                    targets,
-                    cached: Some(Tensor::from_vec(flat, (texts.len(), dim), &Device::Cpu)?),
-                    tokens: vec![],
-                }
-            }
-            Mode::Full | Mode::Lora => Prepared {
-                targets,
-                cached: None,
-                tokens: self
-                    .clf
-                    .encoder
-                    .tokenize(&texts)?
-                    .into_iter()
-                    .map(|t| t.ids)
-                    .collect(),
-            },
-        })
+        Prepared::new(
+            &self.clf.encoder,
+            &texts,
+            self.mode,
+            self.targets(examples)?,
+        )
     }
 
     /// Like `prepare`, with head mode's embeddings kept in `dir` (keyed by `encoder_id`, the
@@ -255,7 +267,11 @@ impl Learner {
 }
 
 /// Pooled embeddings of the examples `batch`: cached, or computed by the encoder.
-fn pooled(clf: &Classifier, data: &Prepared, batch: &[usize]) -> candle_core::Result<Tensor> {
+pub(crate) fn pooled(
+    clf: &Classifier,
+    data: &Prepared,
+    batch: &[usize],
+) -> candle_core::Result<Tensor> {
     match &data.cached {
         Some(emb) => {
             let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
