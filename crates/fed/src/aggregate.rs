@@ -71,13 +71,14 @@ pub fn screen(updates: Vec<Update>, len: usize, max_ratio: f64) -> (Vec<Update>,
     (kept, rejected)
 }
 
-/// The example-weighted mean of the updates' deltas (FedAvg).
-pub fn weighted_mean(updates: &[Update]) -> Vec<f32> {
-    let total: f64 = updates.iter().map(|u| u.examples as f64).sum();
+/// The weighted mean of the updates' deltas: FedAvg weighs each by its examples; under
+/// differential privacy each counts once.
+pub fn weighted_mean(updates: &[Update], weight: impl Fn(&Update) -> f64) -> Vec<f32> {
+    let total: f64 = updates.iter().map(&weight).sum();
     let len = updates.first().map_or(0, |u| u.delta.len());
     let mut acc = vec![0f64; len];
     for u in updates {
-        let w = u.examples as f64 / total;
+        let w = weight(u) / total;
         for (a, &d) in acc.iter_mut().zip(&u.delta) {
             *a += w * d as f64;
         }
@@ -148,7 +149,7 @@ mod tests {
             "{why:?}"
         );
         assert!(why[2].0 == 5 && why[2].1.contains("median"), "{why:?}");
-        let m = weighted_mean(&kept);
+        let m = weighted_mean(&kept, |u| u.examples as f64);
         // (1·[1,0] + 3·[0,1] + 2·[.5,.5]) / 6
         assert!(
             (m[0] - 2.0 / 6.0).abs() < 1e-6 && (m[1] - 4.0 / 6.0).abs() < 1e-6,

@@ -2,7 +2,7 @@
 //! sampling, dropouts, update screening, FedAvg/FedProx/FedAvgM, differential privacy and secure
 //! aggregation, federated evaluation every round, a checkpoint every round and `resume`.
 
-use crate::aggregate::{screen, Rejection, ServerOpt, Update};
+use crate::aggregate::{screen, weighted_mean, Rejection, ServerOpt, Update};
 use crate::node::{evaluate, local_round, mix, NodeData, RoundTask};
 use crate::privacy::{add_noise, clip, epsilon, DpConfig, DpKind};
 use crate::secagg;
@@ -295,58 +295,46 @@ pub fn simulate(
         let aggregated = kept.len() >= cfg.min_nodes && cfg.secure.is_none_or(|t| kept.len() >= t);
         if aggregated {
             let dp = cfg.dp;
+            let central = dp.filter(|d| d.kind == DpKind::Central);
+            let mut kept = kept;
+            if let Some(d) = central {
+                kept.iter_mut().for_each(|u| {
+                    clip(&mut u.delta, d.clip);
+                });
+            }
             // Under DP every node counts once (bounded sensitivity); otherwise by its examples.
             let weight = |u: &Update| if dp.is_some() { 1.0 } else { u.examples as f64 };
-            let prepared: Vec<(usize, Vec<f64>, f64)> = kept
-                .into_iter()
-                .map(|mut u| {
-                    if let Some(d) = dp.filter(|d| d.kind == DpKind::Central) {
-                        clip(&mut u.delta, d.clip);
-                    }
-                    let w = weight(&u);
-                    (u.node, u.delta.iter().map(|&x| w * x as f64).collect(), w)
-                })
-                .collect();
-            let total_w: f64 = prepared.iter().map(|p| p.2).sum();
-            let mut sum = match cfg.secure {
+            let total_w: f64 = kept.iter().map(weight).sum();
+            let mut mean: Vec<f32> = match cfg.secure {
                 Some(t) => {
                     // Weighted values and the weight itself travel masked; the rejected ones
                     // count as dropped for the unmasking.
                     let inputs: BTreeMap<usize, Vec<f64>> = sampled
                         .iter()
                         .map(|&i| {
-                            let v = prepared
-                                .iter()
-                                .find(|p| p.0 == i)
-                                .map(|p| {
-                                    let mut v = p.1.clone();
-                                    v.push(p.2);
-                                    v
-                                })
-                                .unwrap_or_else(|| vec![0.0; len + 1]);
+                            let v = match kept.iter().find(|u| u.node == i) {
+                                Some(u) => {
+                                    let w = weight(u);
+                                    u.delta.iter().map(|&x| w * x as f64).chain([w]).collect()
+                                }
+                                None => vec![0.0; len + 1],
+                            };
                             (i, v)
                         })
                         .collect();
                     let gone: Vec<usize> = sampled
                         .iter()
                         .copied()
-                        .filter(|i| !prepared.iter().any(|p| p.0 == *i))
+                        .filter(|i| !kept.iter().any(|u| u.node == *i))
                         .collect();
                     let mut s = secagg::aggregate_round(&inputs, &gone, t, round as u64)?;
                     let w = s.pop().unwrap_or(0.0);
                     debug_assert!((w - total_w).abs() < 1e-3);
-                    s
+                    s.iter().map(|x| (x / total_w) as f32).collect()
                 }
-                None => {
-                    let mut s = vec![0f64; len];
-                    for p in &prepared {
-                        s.iter_mut().zip(&p.1).for_each(|(a, b)| *a += b);
-                    }
-                    s
-                }
+                None => weighted_mean(&kept, weight),
             };
-            let mut mean: Vec<f32> = sum.iter_mut().map(|x| (*x / total_w) as f32).collect();
-            if let Some(d) = dp.filter(|d| d.kind == DpKind::Central) {
+            if let Some(d) = central {
                 let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
                 add_noise(&mut mean, d.noise * d.clip / total_w, &mut rng);
             }
