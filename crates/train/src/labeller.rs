@@ -261,6 +261,8 @@ impl ChatLabeller {
                 i + 1
             )));
         }
+        // Room for a text after the longest prefix in the context window.
+        let room = model.context_length() - prefixes.iter().map(Vec::len).max().unwrap_or(0);
         let mut cache = model.new_cache();
         let mut out = vec![];
         for (i, text) in texts.iter().enumerate() {
@@ -273,7 +275,6 @@ impl ChatLabeller {
             if ids.is_empty() {
                 ids = tok.encode(" ")?;
             }
-            let room = model.context_length() - prefixes.iter().map(Vec::len).max().unwrap_or(0);
             ids.truncate(room.max(1));
             let mut means = vec![];
             for p in &prefixes {
