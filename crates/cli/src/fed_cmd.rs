@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use frugal_fed::node::NodeData;
 use frugal_fed::partition::{label_mix, partition, Partition};
 use frugal_fed::privacy::{noise_for_epsilon, DpConfig, DpKind};
-use frugal_fed::sim::{simulate, RoundReport, SimConfig, Strategy};
+use frugal_fed::sim::{sampled_per_round, simulate, RoundReport, SimConfig, Strategy};
 use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::{fingerprint, labels_of, CheckpointInfo, Mode};
 use frugal_train::data::{load, Example, Fields};
@@ -205,12 +205,11 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         optimizer,
         ..Default::default()
     };
-    let per_round_guess =
-        ((a.fraction * a.nodes as f64).round() as usize).clamp(a.min_nodes.min(a.nodes), a.nodes);
+    let per_round = sampled_per_round(a.fraction, a.min_nodes, a.nodes);
     let dp = match (a.dp_noise, a.dp_epsilon) {
         (None, None) => None,
         (noise, eps) => {
-            let q = per_round_guess as f64 / a.nodes as f64;
+            let q = per_round as f64 / a.nodes as f64;
             let noise = match (noise, eps) {
                 (Some(s), _) => s,
                 (None, Some(e)) => noise_for_epsilon(e, q, a.rounds, a.dp_delta)
@@ -241,7 +240,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         dp,
         secure: a.secure_agg.then(|| {
             a.secagg_threshold
-                .unwrap_or_else(|| (per_round_guess / 2 + 1).max(2))
+                .unwrap_or_else(|| (per_round / 2 + 1).max(2))
         }),
         dropout: a.dropout,
         max_norm_ratio: 10.0,
@@ -252,7 +251,8 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
     // Each node: its own train/validation split, prepared once.
     let mut learner = Learner::new(&base, labels.clone(), mode, a.max_len, a.seed)?;
     let cache = frugal_models::assets::frugal_home().join("cache/embeddings");
-    let encoder_id = frugal_models::assets::sha256_file(&base.join("model.safetensors"))?;
+    // The base weights' sha256: the embedding cache key, the resume fingerprint, the checkpoint.
+    let base_sha = frugal_models::assets::sha256_file(&base.join("model.safetensors"))?;
     let pb = progress(a.nodes as u64, ctx.quiet, "preparing node data");
     let mut nodes = vec![];
     let mut node_sets = vec![];
@@ -272,15 +272,15 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
             .collect();
         nodes.push(NodeData {
             id,
-            train: learner.prepare_cached(&train, &cache, &encoder_id)?,
-            valid: learner.prepare_cached(&valid, &cache, &encoder_id)?,
+            train: learner.prepare_cached(&train, &cache, &base_sha)?,
+            valid: learner.prepare_cached(&valid, &cache, &base_sha)?,
         });
         node_sets.push((train, valid));
         pb.inc(1);
     }
     pb.finish_and_clear();
     let test_prepared = match &test {
-        Some(t) => Some(learner.prepare_cached(t, &cache, &encoder_id)?),
+        Some(t) => Some(learner.prepare_cached(t, &cache, &base_sha)?),
         None => None,
     };
     let mix = label_mix(&examples, &parts, &labels);
@@ -304,13 +304,8 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
     }
 
     // The rounds.
-    let fp = format!(
-        "{} {} {} {:?}",
-        fingerprint(&examples),
-        a.partition,
-        a.nodes,
-        frugal_models::assets::sha256_file(&base.join("model.safetensors"))?
-    );
+    let data_fp = fingerprint(&examples);
+    let fp = format!("{} {} {} {:?}", data_fp, a.partition, a.nodes, base_sha);
     let pb = progress(a.rounds as u64, ctx.quiet || a.json, "federated rounds");
     let quiet_rounds = ctx.quiet || a.json;
     let initial = frugal_fed::weights::Weights::from_named(&learner.weights()?)?;
@@ -337,12 +332,12 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
     let info = CheckpointInfo {
         labels: labels.clone(),
         base: a.base.clone(),
-        base_weights_sha256: frugal_models::assets::sha256_file(&base.join("model.safetensors"))?,
+        base_weights_sha256: base_sha.clone(),
         mode,
         max_len: a.max_len,
         config: local.clone(),
         metrics: None,
-        data_fingerprint: fingerprint(&examples),
+        data_fingerprint: data_fp,
         epoch: Some(history.len()),
         teacher: None,
     };
@@ -357,7 +352,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         let epochs =
             ((a.rounds as f64 * a.fraction * a.local_epochs as f64).round() as usize).max(1);
         let mut c = Learner::new(&base, labels.clone(), mode, a.max_len, a.seed)?;
-        let prepared = c.prepare_cached(&all, &cache, &encoder_id)?;
+        let prepared = c.prepare_cached(&all, &cache, &base_sha)?;
         let pb = progress(1, ctx.quiet || a.json, "centralised baseline");
         c.fit(
             &prepared,

@@ -121,8 +121,13 @@ impl SimConfig {
 
     /// Nodes sampled per round.
     pub fn sampled(&self, nodes: usize) -> usize {
-        ((self.fraction * nodes as f64).round() as usize).clamp(self.min_nodes.min(nodes), nodes)
+        sampled_per_round(self.fraction, self.min_nodes, nodes)
     }
+}
+
+/// Nodes sampled per round: the fraction of `nodes`, at least `min_nodes` (and at most all).
+pub fn sampled_per_round(fraction: f64, min_nodes: usize, nodes: usize) -> usize {
+    ((fraction * nodes as f64).round() as usize).clamp(min_nodes.min(nodes), nodes)
 }
 
 fn one() -> f64 {
