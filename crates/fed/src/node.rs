@@ -64,12 +64,12 @@ pub fn local_round(
     })
 }
 
-/// Metrics of the global weights on the node's validation data.
-pub fn evaluate(learner: &Learner, node: &NodeData, global: &Weights) -> Result<Option<Metrics>> {
+/// Metrics of the learner's current weights (the global model, once set) on the node's
+/// validation data; `None` when it has none.
+pub fn evaluate(learner: &Learner, node: &NodeData) -> Result<Option<Metrics>> {
     if node.valid.is_empty() {
         return Ok(None);
     }
-    learner.set_weights(&global.to_named()?)?;
     Ok(Some(learner.evaluate(&node.valid)?))
 }
 

@@ -345,10 +345,12 @@ pub fn simulate(
             }
             opt.step(&mut global.data, &mean);
         }
-        // Federated evaluation over every node's validation data.
+        // Federated evaluation over every node's validation data, and the test set: the global
+        // model is set once for all of them.
+        learner.set_weights(&global.to_named()?)?;
         let (mut right, mut total, mut f1w) = (0.0, 0usize, 0.0);
         for node in nodes {
-            if let Some(m) = evaluate(learner, node, &global)? {
+            if let Some(m) = evaluate(learner, node)? {
                 let k = node.valid.len();
                 right += m.accuracy * k as f64;
                 f1w += m.macro_f1 * k as f64;
@@ -356,10 +358,7 @@ pub fn simulate(
             }
         }
         let test_accuracy = match test {
-            Some(t) => {
-                learner.set_weights(&global.to_named()?)?;
-                Some(learner.evaluate(t)?.accuracy)
-            }
+            Some(t) => Some(learner.evaluate(t)?.accuracy),
             None => None,
         };
         let eps = cfg
