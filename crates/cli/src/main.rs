@@ -12,6 +12,7 @@ mod embed;
 mod fed_cmd;
 mod fewshot_cmd;
 mod generate;
+mod serve_cmd;
 mod io;
 mod tco_cmd;
 mod tokenize;
@@ -78,6 +79,12 @@ enum Command {
     /// Federated learning: train one model across data silos without moving their data.
     #[command(subcommand)]
     Fed(fed_cmd::FedCmd),
+    /// Serve local models behind an OpenAI-compatible HTTP API, with costs per response, a
+    /// cascade router and a semantic cache.
+    Serve(Box<serve_cmd::ServeArgs>),
+    /// The cascade router: calibrate its threshold from labelled data.
+    #[command(subcommand)]
+    Route(serve_cmd::RouteCmd),
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -195,6 +202,8 @@ fn main() {
         Command::Fewshot(a) => fewshot_cmd::fewshot_cmd(*a, &ctx),
         Command::Curve(a) => fewshot_cmd::curve_cmd(*a, &ctx),
         Command::Fed(c) => fed_cmd::run(c, &ctx),
+        Command::Serve(a) => serve_cmd::serve_cmd(*a, &ctx),
+        Command::Route(c) => serve_cmd::route_cmd(c, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.

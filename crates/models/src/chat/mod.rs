@@ -76,6 +76,9 @@ pub struct Generation {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Log-probability of each generated token under the model's own distribution (before
+    /// temperature or penalties): how sure the model was, for routers that escalate doubt.
+    pub logprobs: Vec<f32>,
     /// Seconds spent on the prompt (prefill).
     pub prompt_secs: f64,
     /// Seconds spent producing the completion after the prompt.
@@ -83,6 +86,14 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Mean log-probability per generated token (0 when nothing was generated).
+    pub fn mean_logprob(&self) -> f64 {
+        if self.logprobs.is_empty() {
+            return 0.0;
+        }
+        self.logprobs.iter().map(|&x| x as f64).sum::<f64>() / self.logprobs.len() as f64
+    }
+
     /// Prompt tokens processed per second.
     pub fn prompt_tokens_per_s(&self) -> f64 {
         self.prompt_tokens as f64 / self.prompt_secs.max(1e-9)
@@ -244,6 +255,7 @@ impl ChatModel {
         let mut sampler = Sampler::new(opts.sampling.clone());
         let mut history = prompt_ids.to_vec();
         let mut out_ids: Vec<u32> = vec![];
+        let mut logprobs: Vec<f32> = vec![];
         let mut emitted = 0usize;
         let mut text = String::new();
         let max_stop = opts.stop.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -251,11 +263,14 @@ impl ChatModel {
         // Set when `on_text` asked to stop: it then hears nothing more.
         let mut stopped_by_caller = false;
         loop {
+            let lse = log_sum_exp(&logits);
+            let raw = logits.clone();
             let next = sampler.sample(&mut logits, &history);
             if self.tokenizer.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
+            logprobs.push(raw[next as usize] - lse);
             out_ids.push(next);
             history.push(next);
             text = self.tokenizer.decode(&out_ids, false)?;
@@ -315,6 +330,7 @@ impl ChatModel {
             completion_tokens: out_ids.len(),
             text,
             token_ids: out_ids,
+            logprobs,
             prompt_tokens: prompt_ids.len(),
             finish_reason: finish,
             prompt_secs,
@@ -323,10 +339,15 @@ impl ChatModel {
     }
 }
 
+/// log Σ exp(logits), computed stably.
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
 /// log softmax of logits, computed stably.
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let lse = log_sum_exp(logits);
     logits.iter().map(|&x| x - lse).collect()
 }
 

@@ -1,0 +1,206 @@
+//! A semantic cache: a chat request whose conversation embeds within `threshold` (cosine) of a
+//! cached one, with the same model and settings, gets the cached answer.
+//!
+//! Its known false hit: a request and its negation ("…is safe" / "…is not safe") or the same
+//! question about another number ("5 miles" / "50 miles") embed almost identically but need other
+//! answers. The guard refuses a hit unless both texts carry the same negation cues and the same
+//! numbers; such near misses are counted as `guarded`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// `--cache` settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The served encoder that embeds requests.
+    pub encoder: String,
+    /// Cosine similarity at or above which two requests are the same question.
+    pub threshold: f32,
+    /// Answers kept; the oldest goes first.
+    pub capacity: usize,
+}
+
+/// A cached answer.
+#[derive(Debug, Clone)]
+pub struct CachedAnswer {
+    pub text: String,
+    pub finish_reason: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub answered_by: String,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Hit { answer: CachedAnswer, similarity: f32 },
+    /// Similar enough, but the guard saw a different negation or number.
+    Guarded { similarity: f32 },
+    Miss,
+}
+
+impl Lookup {
+    /// `hit`, `guarded` or `miss`, as responses and metrics say it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Lookup::Hit { .. } => "hit",
+            Lookup::Guarded { .. } => "guarded",
+            Lookup::Miss => "miss",
+        }
+    }
+}
+
+struct Entry {
+    /// Model and settings: only requests with the same key can share an answer.
+    key: String,
+    vector: Vec<f32>,
+    guard: Guard,
+    answer: CachedAnswer,
+}
+
+/// What must match exactly for a semantic hit: negation cues and numbers, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    negations: Vec<String>,
+    numbers: Vec<String>,
+}
+
+const NEGATIONS: [&str; 14] = [
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot",
+    "nowhere", "hardly", "barely", "unless",
+];
+
+impl Guard {
+    /// The negation cues (including any `n't` contraction) and numbers of `text`.
+    pub fn of(text: &str) -> Guard {
+        let lower = text.to_lowercase();
+        let mut negations = vec![];
+        let mut numbers = vec![];
+        for w in lower.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’' || c == '.'))
+        {
+            let w = w.trim_matches(|c: char| c == '.' || c == '\'' || c == '’');
+            if w.is_empty() {
+                continue;
+            }
+            if w.chars().any(|c| c.is_ascii_digit()) {
+                numbers.push(w.to_string());
+            } else if NEGATIONS.contains(&w) || w.ends_with("n't") || w.ends_with("n’t") {
+                negations.push("not".to_string());
+            }
+        }
+        Guard { negations, numbers }
+    }
+}
+
+/// The cache itself, shared by all requests.
+pub struct SemanticCache {
+    pub cfg: CacheConfig,
+    entries: Mutex<VecDeque<Entry>>,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+impl SemanticCache {
+    pub fn new(cfg: CacheConfig) -> SemanticCache {
+        SemanticCache {
+            cfg,
+            entries: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The most similar cached request with the same `key`, judged by the threshold and guard.
+    pub fn lookup(&self, key: &str, vector: &[f32], text: &str) -> Lookup {
+        let entries = self.entries.lock().expect("cache lock");
+        let best = entries
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| (cosine(&e.vector, vector), e))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        match best {
+            Some((sim, e)) if sim >= self.cfg.threshold => {
+                if e.guard == Guard::of(text) {
+                    Lookup::Hit {
+                        answer: e.answer.clone(),
+                        similarity: sim,
+                    }
+                } else {
+                    Lookup::Guarded { similarity: sim }
+                }
+            }
+            _ => Lookup::Miss,
+        }
+    }
+
+    /// Remembers an answer, dropping the oldest past capacity.
+    pub fn insert(&self, key: &str, vector: Vec<f32>, text: &str, answer: CachedAnswer) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        entries.push_back(Entry {
+            key: key.to_string(),
+            vector,
+            guard: Guard::of(text),
+            answer,
+        });
+        while entries.len() > self.cfg.capacity.max(1) {
+            entries.pop_front();
+        }
+    }
+
+    /// Answers held.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(t: &str) -> CachedAnswer {
+        CachedAnswer {
+            text: t.into(),
+            finish_reason: "stop".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            answered_by: "m".into(),
+        }
+    }
+
+    #[test]
+    fn guard_sees_negations_and_numbers() {
+        assert_eq!(Guard::of("Is it safe?"), Guard::of("is it SAFE"));
+        assert_ne!(Guard::of("Is it safe?"), Guard::of("Is it not safe?"));
+        assert_ne!(Guard::of("it is safe"), Guard::of("it isn't safe"));
+        assert_ne!(Guard::of("convert 5 miles"), Guard::of("convert 50 miles"));
+        assert_eq!(Guard::of("convert 5 miles."), Guard::of("Convert 5 miles"));
+    }
+
+    #[test]
+    fn hit_needs_key_threshold_and_guard() {
+        let c = SemanticCache::new(CacheConfig {
+            encoder: "e".into(),
+            threshold: 0.9,
+            capacity: 2,
+        });
+        c.insert("k", vec![1.0, 0.0], "is it safe", answer("yes"));
+        assert!(matches!(c.lookup("k", &[0.99, 0.1], "is it safe?"), Lookup::Hit { .. }));
+        assert!(matches!(c.lookup("other", &[1.0, 0.0], "is it safe"), Lookup::Miss));
+        assert!(matches!(c.lookup("k", &[0.0, 1.0], "is it safe"), Lookup::Miss));
+        assert!(matches!(
+            c.lookup("k", &[1.0, 0.0], "is it not safe"),
+            Lookup::Guarded { .. }
+        ));
+        c.insert("k", vec![0.0, 1.0], "b", answer("b"));
+        c.insert("k", vec![-1.0, 0.0], "c", answer("c"));
+        assert_eq!(c.len(), 2);
+        assert!(matches!(c.lookup("k", &[1.0, 0.0], "is it safe"), Lookup::Miss));
+    }
+}
