@@ -115,11 +115,18 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
     if models.is_empty() && a.classifier.is_empty() {
         models = vec!["smollm2".into(), "minilm".into()];
     }
-    if a.cache && !models.iter().any(|m| frugal_serve::split_name(m).0 == a.cache_model) {
+    if a.cache
+        && !models
+            .iter()
+            .any(|m| frugal_serve::split_name(m).0 == a.cache_model)
+    {
         models.push(a.cache_model.clone());
     }
     if !(0.0..=1.0).contains(&a.cache_threshold) {
-        bail!("--cache-threshold {} must be between 0 and 1", a.cache_threshold);
+        bail!(
+            "--cache-threshold {} must be between 0 and 1",
+            a.cache_threshold
+        );
     }
     for (name, dir) in &a.classifier {
         if !dir.join("frugal.json").is_file() {
@@ -280,10 +287,13 @@ fn cases(
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("--upstream-answers {}", p.display()))?;
             let mut m = HashMap::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line).with_context(|| {
-                    format!("{} line {}: not JSON", p.display(), i + 1)
-                })?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {}: not JSON", p.display(), i + 1))?;
                 let (Some(t), Some(l)) = (
                     v.get(a.fields.fields().text).and_then(|t| t.as_str()),
                     v.get("label").and_then(|l| l.as_str()),
@@ -336,8 +346,14 @@ fn cases(
 fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
     let catalog = a.sources.catalog()?;
     let profiles = a.sources.profiles()?;
-    let pricing = Pricing::new(&catalog, &profiles, &a.reference, "text-embedding-3-small", a.usd_per_hour)
-        .map_err(anyhow::Error::msg)?;
+    let pricing = Pricing::new(
+        &catalog,
+        &profiles,
+        &a.reference,
+        "text-embedding-3-small",
+        a.usd_per_hour,
+    )
+    .map_err(anyhow::Error::msg)?;
     let (clf, _) = Classifier::load(&a.classifier)
         .with_context(|| format!("--classifier {}", a.classifier.display()))?;
     let (cs, local_secs, up_usd) = cases(
@@ -446,7 +462,14 @@ fn print_curve(cal: &Calibration, local_usd: f64, up_usd: f64) {
         cal.upstream_accuracy,
         (local_usd + up_usd) * 1000.0
     );
-    let mut t = table(["threshold", "upstream", "accuracy", "quality", "per 1,000", "savings"]);
+    let mut t = table([
+        "threshold",
+        "upstream",
+        "accuracy",
+        "quality",
+        "per 1,000",
+        "savings",
+    ]);
     for r in rows {
         t.add_row(r);
     }

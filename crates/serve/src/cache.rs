@@ -33,9 +33,14 @@ pub struct CachedAnswer {
 /// The outcome of a lookup.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Hit { answer: CachedAnswer, similarity: f32 },
+    Hit {
+        answer: CachedAnswer,
+        similarity: f32,
+    },
     /// Similar enough, but the guard saw a different negation or number.
-    Guarded { similarity: f32 },
+    Guarded {
+        similarity: f32,
+    },
     Miss,
 }
 
@@ -191,9 +196,18 @@ mod tests {
             capacity: 2,
         });
         c.insert("k", vec![1.0, 0.0], "is it safe", answer("yes"));
-        assert!(matches!(c.lookup("k", &[0.99, 0.1], "is it safe?"), Lookup::Hit { .. }));
-        assert!(matches!(c.lookup("other", &[1.0, 0.0], "is it safe"), Lookup::Miss));
-        assert!(matches!(c.lookup("k", &[0.0, 1.0], "is it safe"), Lookup::Miss));
+        assert!(matches!(
+            c.lookup("k", &[0.99, 0.1], "is it safe?"),
+            Lookup::Hit { .. }
+        ));
+        assert!(matches!(
+            c.lookup("other", &[1.0, 0.0], "is it safe"),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            c.lookup("k", &[0.0, 1.0], "is it safe"),
+            Lookup::Miss
+        ));
         assert!(matches!(
             c.lookup("k", &[1.0, 0.0], "is it not safe"),
             Lookup::Guarded { .. }
@@ -201,6 +215,9 @@ mod tests {
         c.insert("k", vec![0.0, 1.0], "b", answer("b"));
         c.insert("k", vec![-1.0, 0.0], "c", answer("c"));
         assert_eq!(c.len(), 2);
-        assert!(matches!(c.lookup("k", &[1.0, 0.0], "is it safe"), Lookup::Miss));
+        assert!(matches!(
+            c.lookup("k", &[1.0, 0.0], "is it safe"),
+            Lookup::Miss
+        ));
     }
 }

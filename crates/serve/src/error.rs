@@ -81,7 +81,9 @@ impl ApiError {
         ApiError {
             status: StatusCode::GATEWAY_TIMEOUT,
             kind: "server_error",
-            message: format!("the request took longer than the server's limit of {secs} s (--timeout)"),
+            message: format!(
+                "the request took longer than the server's limit of {secs} s (--timeout)"
+            ),
             param: None,
             code: Some("timeout"),
         }

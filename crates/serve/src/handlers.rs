@@ -33,8 +33,13 @@ type S = State<Arc<AppState>>;
 pub async fn track(State(st): S, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let endpoint = match path {
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/classify"
-        | "/v1/models" | "/health" | "/metrics" => path.to_string(),
+        "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/classify"
+        | "/v1/models"
+        | "/health"
+        | "/metrics" => path.to_string(),
         _ => "other".to_string(),
     };
     let t0 = Instant::now();
@@ -124,7 +129,11 @@ pub async fn metrics(State(st): S) -> Response {
         for (name, w) in &l.chat {
             set_depth(&st, name, w.waiting());
         }
-        for (name, w) in l.encoders.iter().chain(l.classifiers.iter().map(|(n, (w, _))| (n, w))) {
+        for (name, w) in l
+            .encoders
+            .iter()
+            .chain(l.classifiers.iter().map(|(n, (w, _))| (n, w)))
+        {
             set_depth(&st, name, w.waiting());
         }
     }
@@ -237,7 +246,10 @@ fn chat_worker<'a>(st: &'a AppState, name: &str) -> Result<&'a ChatWorker, ApiEr
             Some("model"),
         ));
     }
-    Err(ApiError::unknown_model(name, &l.names(st.cfg.route.as_ref())))
+    Err(ApiError::unknown_model(
+        name,
+        &l.names(st.cfg.route.as_ref()),
+    ))
 }
 
 fn prepare(
@@ -262,7 +274,10 @@ fn prepare(
         (None, m) => (m.map(|m| m as usize), "max_tokens"),
     };
     if asked == Some(0) {
-        return Err(ApiError::invalid(format!("`{param}` must be at least 1"), Some(param)));
+        return Err(ApiError::invalid(
+            format!("`{param}` must be at least 1"),
+            Some(param),
+        ));
     }
     if let Some(m) = asked.filter(|&m| m > st.cfg.max_tokens) {
         return Err(ApiError::invalid(
@@ -337,7 +352,10 @@ fn prepare(
         .unwrap_or_else(|| st.next_id.load(Ordering::Relaxed) ^ unix_now());
     let cache_key = st.cfg.cache.as_ref().filter(|_| true).map(|_| {
         (
-            format!("{model}|{kind}|{max}|{temperature}|{top_p}|{stop:?}", kind = kind as u8),
+            format!(
+                "{model}|{kind}|{max}|{temperature}|{top_p}|{stop:?}",
+                kind = kind as u8
+            ),
             prompt.to_string(),
         )
     });
@@ -365,7 +383,11 @@ fn prepare(
 }
 
 /// Queues a generation; its events arrive on the returned channel.
-fn start(st: &AppState, w: &ChatWorker, g: &Gen) -> Result<mpsc::UnboundedReceiver<ChatEvent>, ApiError> {
+fn start(
+    st: &AppState,
+    w: &ChatWorker,
+    g: &Gen,
+) -> Result<mpsc::UnboundedReceiver<ChatEvent>, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     w.submit(
@@ -383,7 +405,10 @@ fn start(st: &AppState, w: &ChatWorker, g: &Gen) -> Result<mpsc::UnboundedReceiv
 }
 
 /// Waits for a generation to finish.
-async fn finish(st: &AppState, mut rx: mpsc::UnboundedReceiver<ChatEvent>) -> Result<ChatDone, ApiError> {
+async fn finish(
+    st: &AppState,
+    mut rx: mpsc::UnboundedReceiver<ChatEvent>,
+) -> Result<ChatDone, ApiError> {
     let limit = st.cfg.timeout + Duration::from_secs(5);
     let wait = async {
         while let Some(ev) = rx.recv().await {
@@ -417,8 +442,10 @@ fn gen_usage(st: &AppState, g: &Gen, d: &ChatDone) -> Result<Usage, ApiError> {
         reference_cost_usd: Pricing::hosted_usd(&p.reference, &g.reference_input, &gen.text)?,
         reference_model: p.reference.name.clone(),
     };
-    st.metrics.add_tokens(&g.model, "prompt", usage.prompt_tokens);
-    st.metrics.add_tokens(&g.model, "completion", usage.completion_tokens);
+    st.metrics
+        .add_tokens(&g.model, "prompt", usage.prompt_tokens);
+    st.metrics
+        .add_tokens(&g.model, "completion", usage.completion_tokens);
     st.metrics
         .add_cost(&g.model, usage.cost_usd, usage.reference_cost_usd);
     Ok(usage)
@@ -450,7 +477,14 @@ fn completion_body(
 }
 
 /// One streamed chunk.
-fn chunk(id: &str, kind: Kind, model: &str, text: Option<&str>, role: bool, finish: Option<&str>) -> Event {
+fn chunk(
+    id: &str,
+    kind: Kind,
+    model: &str,
+    text: Option<&str>,
+    role: bool,
+    finish: Option<&str>,
+) -> Event {
     let choice = match kind {
         Kind::Chat => {
             let mut delta = serde_json::Map::new();
@@ -462,9 +496,15 @@ fn chunk(id: &str, kind: Kind, model: &str, text: Option<&str>, role: bool, fini
             }
             json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
         }
-        Kind::Text => json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null}),
+        Kind::Text => {
+            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+        }
     };
-    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     Event::default().data(
         json!({"id": id, "object": object, "created": unix_now(), "model": model, "choices": [choice]})
             .to_string(),
@@ -472,7 +512,11 @@ fn chunk(id: &str, kind: Kind, model: &str, text: Option<&str>, role: bool, fini
 }
 
 fn usage_chunk(id: &str, kind: Kind, model: &str, usage: &Usage) -> Event {
-    let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     Event::default().data(
         json!({"id": id, "object": object, "created": unix_now(), "model": model, "choices": [], "usage": usage})
             .to_string(),
@@ -480,7 +524,14 @@ fn usage_chunk(id: &str, kind: Kind, model: &str, usage: &Usage) -> Event {
 }
 
 /// A whole answer already known (cache hit, or an answer from upstream) sent as a stream.
-fn stream_text(id: String, g: &Gen, model: &str, text: &str, finish: &str, usage: &Usage) -> Response {
+fn stream_text(
+    id: String,
+    g: &Gen,
+    model: &str,
+    text: &str,
+    finish: &str,
+    usage: &Usage,
+) -> Response {
     let mut events = vec![];
     if g.kind == Kind::Chat {
         events.push(chunk(&id, g.kind, model, None, true, None));
@@ -506,12 +557,26 @@ struct Streaming {
 }
 
 /// Streams a local generation as server-sent events, ending with `data: [DONE]`.
-fn stream_local(st: Arc<AppState>, g: Gen, id: String, rx: mpsc::UnboundedReceiver<ChatEvent>, cache_vector: Option<Vec<f32>>) -> Response {
+fn stream_local(
+    st: Arc<AppState>,
+    g: Gen,
+    id: String,
+    rx: mpsc::UnboundedReceiver<ChatEvent>,
+    cache_vector: Option<Vec<f32>>,
+) -> Response {
     let mut out = VecDeque::new();
     if g.kind == Kind::Chat {
         out.push_back(chunk(&id, g.kind, &g.model, None, true, None));
     }
-    let state = Streaming { st, g, id, rx, out, done: false, cache_vector };
+    let state = Streaming {
+        st,
+        g,
+        id,
+        rx,
+        out,
+        done: false,
+        cache_vector,
+    };
     let s = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(ev) = s.out.pop_front() {
@@ -527,11 +592,19 @@ fn stream_local(st: Arc<AppState>, g: Gen, id: String, rx: mpsc::UnboundedReceiv
                 }
                 Some(ChatEvent::Done(Ok(d))) => {
                     let finish = d.generation.finish_reason.as_str();
-                    s.out.push_back(chunk(&s.id, s.g.kind, &s.g.model, None, false, Some(finish)));
+                    s.out.push_back(chunk(
+                        &s.id,
+                        s.g.kind,
+                        &s.g.model,
+                        None,
+                        false,
+                        Some(finish),
+                    ));
                     match gen_usage(&s.st, &s.g, &d) {
                         Ok(u) => {
                             if s.g.include_usage {
-                                s.out.push_back(usage_chunk(&s.id, s.g.kind, &s.g.model, &u));
+                                s.out
+                                    .push_back(usage_chunk(&s.id, s.g.kind, &s.g.model, &u));
                             }
                         }
                         Err(e) => s.out.push_back(Event::default().data(e.body().to_string())),
@@ -541,7 +614,8 @@ fn stream_local(st: Arc<AppState>, g: Gen, id: String, rx: mpsc::UnboundedReceiv
                     s.done = true;
                 }
                 Some(ChatEvent::Done(Err(e))) => {
-                    s.out.push_back(Event::default().data(ApiError::internal(e).body().to_string()));
+                    s.out
+                        .push_back(Event::default().data(ApiError::internal(e).body().to_string()));
                     s.out.push_back(Event::default().data("[DONE]"));
                     s.done = true;
                 }
@@ -598,7 +672,14 @@ async fn probe_cache(st: &AppState, g: &Gen) -> Result<Option<(Lookup, Vec<f32>,
 
 /// Runs a validated generation: cache, then the local model, streamed or whole.
 async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response, ApiError> {
-    let id = new_id(&st, if g.kind == Kind::Chat { "chatcmpl" } else { "cmpl" });
+    let id = new_id(
+        &st,
+        if g.kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+    );
     let probe = probe_cache(&st, &g).await?;
     let cache_state = probe.as_ref().map(|p| p.0.as_str());
     if let Some((Lookup::Hit { answer, similarity }, _, secs)) = &probe {
@@ -608,15 +689,36 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
             completion_tokens: answer.completion_tokens,
             total_tokens: answer.prompt_tokens + answer.completion_tokens,
             cost_usd: p.local_usd(*secs),
-            reference_cost_usd: Pricing::hosted_usd(&p.reference, &g.reference_input, &answer.text)?,
+            reference_cost_usd: Pricing::hosted_usd(
+                &p.reference,
+                &g.reference_input,
+                &answer.text,
+            )?,
             reference_model: p.reference.name.clone(),
         };
-        st.metrics.add_cost(&g.model, usage.cost_usd, usage.reference_cost_usd);
+        st.metrics
+            .add_cost(&g.model, usage.cost_usd, usage.reference_cost_usd);
         let r = if g.stream {
-            stream_text(id, &g, &answer.answered_by, &answer.text, &answer.finish_reason, &usage)
+            stream_text(
+                id,
+                &g,
+                &answer.answered_by,
+                &answer.text,
+                &answer.finish_reason,
+                &usage,
+            )
         } else {
             let extra = json!({"answered_by": answer.answered_by, "cache": "hit", "similarity": similarity});
-            Json(completion_body(&id, &g, &answer.answered_by, &answer.text, &answer.finish_reason, &usage, extra)).into_response()
+            Json(completion_body(
+                &id,
+                &g,
+                &answer.answered_by,
+                &answer.text,
+                &answer.finish_reason,
+                &usage,
+                extra,
+            ))
+            .into_response()
         };
         return Ok(with_headers(r, &answer.answered_by, Some("hit")));
     }
@@ -638,8 +740,20 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
         "prompt_tokens_per_s": d.generation.prompt_tokens_per_s(),
         "tokens_per_s": d.generation.tokens_per_s(),
     });
-    let body = completion_body(&id, &g, &g.model, &d.generation.text, d.generation.finish_reason.as_str(), &usage, extra);
-    Ok(with_headers(Json(body).into_response(), &g.model, cache_state))
+    let body = completion_body(
+        &id,
+        &g,
+        &g.model,
+        &d.generation.text,
+        d.generation.finish_reason.as_str(),
+        &usage,
+        extra,
+    );
+    Ok(with_headers(
+        Json(body).into_response(),
+        &g.model,
+        cache_state,
+    ))
 }
 
 /// Validates messages: (role, text) pairs.
@@ -675,7 +789,10 @@ pub async fn chat_completions(State(st): S, body: Result<Bytes, BytesRejection>)
     respond(chat_inner(st, body).await)
 }
 
-async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat_inner(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let v = json_body(&body_bytes(&st, body)?)?;
     let req: ChatRequest = parse(&v)?;
     let s: Sampling = parse(&v)?;
@@ -686,7 +803,10 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
             Some(c) => c.local.clone(),
             None => {
                 return Err(ApiError::invalid(
-                    format!("`{}` routes only /v1/classify; its route file has no [chat] section", req.model),
+                    format!(
+                        "`{}` routes only /v1/classify; its route file has no [chat] section",
+                        req.model
+                    ),
                     Some("model"),
                 ))
             }
@@ -694,11 +814,16 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> R
         None => req.model.clone(),
     };
     let w = chat_worker(&st, &local)?;
-    let messages: Vec<Message> = msgs.iter().map(|(r, c)| Message::new(r, c.clone())).collect();
-    let prompt = w
-        .model
-        .render(&messages)
-        .map_err(|e| ApiError::invalid(format!("the chat template refused the messages: {e}"), Some("messages")))?;
+    let messages: Vec<Message> = msgs
+        .iter()
+        .map(|(r, c)| Message::new(r, c.clone()))
+        .collect();
+    let prompt = w.model.render(&messages).map_err(|e| {
+        ApiError::invalid(
+            format!("the chat template refused the messages: {e}"),
+            Some("messages"),
+        )
+    })?;
     let mut g = prepare(&st, w, &local, &prompt, &s, 512, Kind::Chat)?;
     g.reference_input = chat_text(&msgs);
     if route.is_some() {
@@ -713,14 +838,20 @@ pub async fn completions(State(st): S, body: Result<Bytes, BytesRejection>) -> R
     respond(completions_inner(st, body).await)
 }
 
-async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn completions_inner(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let v = json_body(&body_bytes(&st, body)?)?;
     let req: CompletionRequest = parse(&v)?;
     let s: Sampling = parse(&v)?;
     let prompts = req.prompt.into_vec();
     if prompts.len() != 1 {
         return Err(ApiError::invalid(
-            format!("`prompt` has {} prompts; send one per request", prompts.len()),
+            format!(
+                "`prompt` has {} prompts; send one per request",
+                prompts.len()
+            ),
             Some("prompt"),
         ));
     }
@@ -737,7 +868,12 @@ async fn completions_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection
 
 /// Answers with the local model when its mean token log-probability reaches the threshold;
 /// otherwise forwards the request to the upstream.
-async fn route_chat(st: Arc<AppState>, w: &ChatWorker, g: Gen, body: Value) -> Result<Response, ApiError> {
+async fn route_chat(
+    st: Arc<AppState>,
+    w: &ChatWorker,
+    g: Gen,
+    body: Value,
+) -> Result<Response, ApiError> {
     let r = st.cfg.route.as_ref().expect("routing");
     let c = r.chat.as_ref().expect("a chat route");
     let id = new_id(&st, "chatcmpl");
@@ -746,14 +882,22 @@ async fn route_chat(st: Arc<AppState>, w: &ChatWorker, g: Gen, body: Value) -> R
     let local = gen_usage(&st, &g, &d)?;
     let confidence = d.generation.mean_logprob();
     if confidence >= c.threshold {
-        st.metrics.routed.get_or_create(&RouteLabels { answered_by: "local".into() }).inc();
+        st.metrics
+            .routed
+            .get_or_create(&RouteLabels {
+                answered_by: "local".into(),
+            })
+            .inc();
         let extra = json!({"answered_by": g.model, "routed": "local", "confidence": confidence, "threshold": c.threshold});
         let text = &d.generation.text;
         let finish = d.generation.finish_reason.as_str();
         let resp = if g.stream {
             stream_text(id, &g, &g.model, text, finish, &local)
         } else {
-            Json(completion_body(&id, &g, &g.model, text, finish, &local, extra)).into_response()
+            Json(completion_body(
+                &id, &g, &g.model, text, finish, &local, extra,
+            ))
+            .into_response()
         };
         return Ok(with_headers(resp, &g.model, None));
     }
@@ -764,11 +908,25 @@ async fn route_chat(st: Arc<AppState>, w: &ChatWorker, g: Gen, body: Value) -> R
         o.remove("stream_options");
     }
     let up = call_upstream(&st, "chat/completions", &fwd).await?;
-    let text = up["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string();
-    let finish = up["choices"][0]["finish_reason"].as_str().unwrap_or("stop").to_string();
-    let answered_by = up["model"].as_str().unwrap_or(&c.upstream_model).to_string();
+    let text = up["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let finish = up["choices"][0]["finish_reason"]
+        .as_str()
+        .unwrap_or("stop")
+        .to_string();
+    let answered_by = up["model"]
+        .as_str()
+        .unwrap_or(&c.upstream_model)
+        .to_string();
     let up_usd = upstream_usd(&st, &up, &g.reference_input, &text)?;
-    st.metrics.routed.get_or_create(&RouteLabels { answered_by: "upstream".into() }).inc();
+    st.metrics
+        .routed
+        .get_or_create(&RouteLabels {
+            answered_by: "upstream".into(),
+        })
+        .inc();
     st.metrics.add_cost(&answered_by, up_usd, 0.0);
     let usage = Usage {
         prompt_tokens: up["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
@@ -783,7 +941,16 @@ async fn route_chat(st: Arc<AppState>, w: &ChatWorker, g: Gen, body: Value) -> R
     } else {
         let extra = json!({"answered_by": answered_by, "routed": "upstream", "confidence": confidence,
                            "threshold": c.threshold, "local_cost_usd": local.cost_usd, "upstream_cost_usd": up_usd});
-        Json(completion_body(&id, &g, &answered_by, &text, &finish, &usage, extra)).into_response()
+        Json(completion_body(
+            &id,
+            &g,
+            &answered_by,
+            &text,
+            &finish,
+            &usage,
+            extra,
+        ))
+        .into_response()
     };
     Ok(with_headers(resp, &answered_by, None))
 }
@@ -793,12 +960,20 @@ async fn route_chat(st: Arc<AppState>, w: &ChatWorker, g: Gen, body: Value) -> R
 fn upstream_usd(st: &AppState, up: &Value, input: &str, output: &str) -> Result<f64, ApiError> {
     let p = &st.cfg.pricing;
     let price = p.upstream.as_ref().unwrap_or(&p.reference);
-    match (up["usage"]["prompt_tokens"].as_u64(), up["usage"]["completion_tokens"].as_u64()) {
-        (Some(i), Some(o)) if price.input_usd_per_mtok.is_some() => Ok(frugal_cost::request::HostedCost::of(
-            price,
-            frugal_cost::request::Tokens { input: i as usize, output: o as usize },
-        )
-        .map_or(0.0, |c| c.usd)),
+    match (
+        up["usage"]["prompt_tokens"].as_u64(),
+        up["usage"]["completion_tokens"].as_u64(),
+    ) {
+        (Some(i), Some(o)) if price.input_usd_per_mtok.is_some() => {
+            Ok(frugal_cost::request::HostedCost::of(
+                price,
+                frugal_cost::request::Tokens {
+                    input: i as usize,
+                    output: o as usize,
+                },
+            )
+            .map_or(0.0, |c| c.usd))
+        }
         _ => Pricing::hosted_usd(price, input, output),
     }
 }
@@ -816,13 +991,14 @@ async fn call_upstream(st: &AppState, path: &str, body: &Value) -> Result<Value,
         .await
         .map_err(|e| ApiError::upstream(format!("the upstream {url} failed: {e}")))?;
     let status = resp.status();
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|e| ApiError::upstream(format!("the upstream {url} sent no JSON ({status}): {e}")))?;
+    let v: Value = resp.json().await.map_err(|e| {
+        ApiError::upstream(format!("the upstream {url} sent no JSON ({status}): {e}"))
+    })?;
     if !status.is_success() {
         let msg = v["error"]["message"].as_str().unwrap_or("no message");
-        return Err(ApiError::upstream(format!("the upstream {url} answered {status}: {msg}")));
+        return Err(ApiError::upstream(format!(
+            "the upstream {url} answered {status}: {msg}"
+        )));
     }
     Ok(v)
 }
@@ -830,7 +1006,12 @@ async fn call_upstream(st: &AppState, path: &str, body: &Value) -> Result<Value,
 // ---------- embeddings and classification ----------
 
 /// Runs texts through a batching worker.
-async fn run_batch(st: &AppState, w: &BatchWorker, name: &str, texts: Vec<String>) -> Result<BatchOut, ApiError> {
+async fn run_batch(
+    st: &AppState,
+    w: &BatchWorker,
+    name: &str,
+    texts: Vec<String>,
+) -> Result<BatchOut, ApiError> {
     let (tx, rx) = oneshot::channel();
     w.submit(
         name,
@@ -863,16 +1044,20 @@ async fn run_batch(st: &AppState, w: &BatchWorker, name: &str, texts: Vec<String
 fn inputs(v: &Value, what: &str) -> Result<Vec<String>, ApiError> {
     let texts = match &v["input"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) if a.iter().all(Value::is_string) => {
-            a.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect()
-        }
-        Value::Null => return Err(ApiError::invalid(format!("`input` is missing: give the text(s) to {what}"), Some("input"))),
-        _ => {
+        Value::Array(a) if a.iter().all(Value::is_string) => a
+            .iter()
+            .map(|s| s.as_str().unwrap_or_default().to_string())
+            .collect(),
+        Value::Null => {
             return Err(ApiError::invalid(
-                "`input` must be a string or an array of strings (token-id arrays are not supported)",
+                format!("`input` is missing: give the text(s) to {what}"),
                 Some("input"),
             ))
         }
+        _ => return Err(ApiError::invalid(
+            "`input` must be a string or an array of strings (token-id arrays are not supported)",
+            Some("input"),
+        )),
     };
     if texts.is_empty() || texts.len() > 2048 {
         return Err(ApiError::invalid(
@@ -881,7 +1066,10 @@ fn inputs(v: &Value, what: &str) -> Result<Vec<String>, ApiError> {
         ));
     }
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::invalid(format!("`input[{i}]` is empty"), Some("input")));
+        return Err(ApiError::invalid(
+            format!("`input[{i}]` is empty"),
+            Some("input"),
+        ));
     }
     Ok(texts)
 }
@@ -891,7 +1079,10 @@ pub async fn embeddings(State(st): S, body: Result<Bytes, BytesRejection>) -> Re
     respond(embeddings_inner(st, body).await)
 }
 
-async fn embeddings_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn embeddings_inner(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     use base64::Engine;
     let v = json_body(&body_bytes(&st, body)?)?;
     let texts = inputs(&v, "embed")?;
@@ -909,8 +1100,14 @@ async fn embeddings_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>
     let l = st.models()?;
     let w = l.encoders.get(&req.model).ok_or_else(|| {
         if l.chat.contains_key(&req.model) || l.classifiers.contains_key(&req.model) {
-            ApiError::invalid(format!("`{}` is not an encoder; embeddings come from: {}", req.model,
-                l.encoders.keys().cloned().collect::<Vec<_>>().join(", ")), Some("model"))
+            ApiError::invalid(
+                format!(
+                    "`{}` is not an encoder; embeddings come from: {}",
+                    req.model,
+                    l.encoders.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Some("model"),
+            )
         } else {
             ApiError::unknown_model(&req.model, &l.names(st.cfg.route.as_ref()))
         }
@@ -942,7 +1139,8 @@ async fn embeddings_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>
         reference_model: p.embed_reference.name.clone(),
     };
     st.metrics.add_tokens(&req.model, "input", tokens);
-    st.metrics.add_cost(&req.model, usage.cost_usd, usage.reference_cost_usd);
+    st.metrics
+        .add_cost(&req.model, usage.cost_usd, usage.reference_cost_usd);
     let body = json!({"object": "list", "data": data, "model": req.model, "usage": usage,
                       "frugal": {"batch_texts": out.batch_texts}});
     Ok(with_headers(Json(body).into_response(), &req.model, None))
@@ -971,7 +1169,10 @@ pub async fn classify(State(st): S, body: Result<Bytes, BytesRejection>) -> Resp
     respond(classify_inner(st, body).await)
 }
 
-async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn classify_inner(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let v = json_body(&body_bytes(&st, body)?)?;
     let texts = inputs(&v, "classify")?;
     let req: ClassifyRequest = parse(&v)?;
@@ -982,7 +1183,10 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
             Some(c) => c.local.clone(),
             None => {
                 return Err(ApiError::invalid(
-                    format!("`{}` routes only chat; its route file has no [classify] section", req.model),
+                    format!(
+                        "`{}` routes only chat; its route file has no [classify] section",
+                        req.model
+                    ),
                     Some("model"),
                 ))
             }
@@ -991,8 +1195,13 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
     };
     let (w, labels) = l.classifiers.get(&name).ok_or_else(|| {
         if l.chat.contains_key(&name) || l.encoders.contains_key(&name) {
-            ApiError::invalid(format!("`{name}` is not a classifier; classifiers served: {}",
-                l.classifiers.keys().cloned().collect::<Vec<_>>().join(", ")), Some("model"))
+            ApiError::invalid(
+                format!(
+                    "`{name}` is not a classifier; classifiers served: {}",
+                    l.classifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Some("model"),
+            )
         } else {
             ApiError::unknown_model(&name, &l.names(st.cfg.route.as_ref()))
         }
@@ -1019,7 +1228,8 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
         reference_model: p.reference.name.clone(),
     };
     st.metrics.add_tokens(&name, "input", tokens);
-    st.metrics.add_cost(&name, usage.cost_usd, usage.reference_cost_usd);
+    st.metrics
+        .add_cost(&name, usage.cost_usd, usage.reference_cost_usd);
     let mut answered_by = name.clone();
     let mut extra = json!({"batch_texts": out.batch_texts});
     if let Some(r) = route {
@@ -1032,7 +1242,12 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
             .collect();
         if !doubtful.is_empty() {
             let fwd_texts: Vec<&str> = doubtful.iter().map(|&i| texts[i].as_str()).collect();
-            let up = call_upstream(&st, "classify", &json!({"model": c.upstream_model, "input": fwd_texts})).await?;
+            let up = call_upstream(
+                &st,
+                "classify",
+                &json!({"model": c.upstream_model, "input": fwd_texts}),
+            )
+            .await?;
             let answers = up["data"].as_array().cloned().unwrap_or_default();
             if answers.len() != doubtful.len() {
                 return Err(ApiError::upstream(format!(
@@ -1041,7 +1256,10 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
                     doubtful.len()
                 )));
             }
-            let up_model = up["model"].as_str().unwrap_or(&c.upstream_model).to_string();
+            let up_model = up["model"]
+                .as_str()
+                .unwrap_or(&c.upstream_model)
+                .to_string();
             let mut up_usd = 0.0;
             for (&i, a) in doubtful.iter().zip(&answers) {
                 let label = a["label"].as_str().unwrap_or("");
@@ -1054,10 +1272,24 @@ async fn classify_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) 
             }
             usage.cost_usd += up_usd;
             st.metrics.add_cost(&up_model, up_usd, 0.0);
-            answered_by = if doubtful.len() == texts.len() { up_model } else { format!("{name}+{up_model}") };
+            answered_by = if doubtful.len() == texts.len() {
+                up_model
+            } else {
+                format!("{name}+{up_model}")
+            };
         }
-        st.metrics.routed.get_or_create(&RouteLabels { answered_by: "local".into() }).inc_by((texts.len() - doubtful.len()) as u64);
-        st.metrics.routed.get_or_create(&RouteLabels { answered_by: "upstream".into() }).inc_by(doubtful.len() as u64);
+        st.metrics
+            .routed
+            .get_or_create(&RouteLabels {
+                answered_by: "local".into(),
+            })
+            .inc_by((texts.len() - doubtful.len()) as u64);
+        st.metrics
+            .routed
+            .get_or_create(&RouteLabels {
+                answered_by: "upstream".into(),
+            })
+            .inc_by(doubtful.len() as u64);
         extra["escalated"] = json!(doubtful.len());
         extra["threshold"] = json!(c.threshold);
     }

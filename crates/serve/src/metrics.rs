@@ -69,29 +69,69 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("frugal");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "HTTP requests by endpoint and status", requests.clone());
+        registry.register(
+            "requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
         let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
-        registry.register("request_duration_seconds", "Time from a request to its response (to the first byte of a stream)", latency.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request to its response (to the first byte of a stream)",
+            latency.clone(),
+        );
         let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register("tokens", "Tokens processed, by model and kind (prompt, completion, input)", tokens.clone());
+        registry.register(
+            "tokens",
+            "Tokens processed, by model and kind (prompt, completion, input)",
+            tokens.clone(),
+        );
         let cost_usd = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
-        registry.register("cost_usd", "Measured cost of the responses computed here (machine time and energy)", cost_usd.clone());
+        registry.register(
+            "cost_usd",
+            "Measured cost of the responses computed here (machine time and energy)",
+            cost_usd.clone(),
+        );
         let reference_cost_usd = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
-        registry.register("reference_cost_usd", "What the reference hosted model would have charged for the same responses", reference_cost_usd.clone());
+        registry.register(
+            "reference_cost_usd",
+            "What the reference hosted model would have charged for the same responses",
+            reference_cost_usd.clone(),
+        );
         let queue_depth = Family::<ModelLabels, Gauge>::default();
-        registry.register("queue_depth", "Requests waiting for a model", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a model",
+            queue_depth.clone(),
+        );
         let batch_size = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             batch_histogram,
         );
-        registry.register("batch_texts", "Texts per batch run by an encoder or classifier", batch_size.clone());
+        registry.register(
+            "batch_texts",
+            "Texts per batch run by an encoder or classifier",
+            batch_size.clone(),
+        );
         let cache = Family::<CacheLabels, Counter>::default();
-        registry.register("cache_lookups", "Semantic cache lookups by result (hit, miss, guarded)", cache.clone());
+        registry.register(
+            "cache_lookups",
+            "Semantic cache lookups by result (hit, miss, guarded)",
+            cache.clone(),
+        );
         let routed = Family::<RouteLabels, Counter>::default();
-        registry.register("routed", "Cascade router answers by who answered (local, upstream)", routed.clone());
+        registry.register(
+            "routed",
+            "Cascade router answers by who answered (local, upstream)",
+            routed.clone(),
+        );
         let in_flight = Gauge::default();
-        registry.register("in_flight_requests", "Requests being served now", in_flight.clone());
+        registry.register(
+            "in_flight_requests",
+            "Requests being served now",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,

@@ -223,7 +223,11 @@ pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64)
                 accuracy: acc,
                 quality: acc / up_acc.max(1e-12),
                 usd_per_1k: usd,
-                savings: if all_up > 0.0 { 1.0 - usd / all_up } else { 0.0 },
+                savings: if all_up > 0.0 {
+                    1.0 - usd / all_up
+                } else {
+                    0.0
+                },
             }
         })
         .collect();
@@ -237,8 +241,14 @@ pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64)
         })
         .cloned();
     // Thresholds are printable: ±∞ become the extremes of the data ± 1.
-    let lo = cases.iter().map(|c| c.confidence).fold(f64::INFINITY, f64::min);
-    let hi = cases.iter().map(|c| c.confidence).fold(f64::NEG_INFINITY, f64::max);
+    let lo = cases
+        .iter()
+        .map(|c| c.confidence)
+        .fold(f64::INFINITY, f64::min);
+    let hi = cases
+        .iter()
+        .map(|c| c.confidence)
+        .fold(f64::NEG_INFINITY, f64::max);
     let finite = |t: f64| {
         if t == f64::NEG_INFINITY {
             lo.min(0.0) - 1.0

@@ -66,7 +66,9 @@ impl ChatWorker {
     pub fn submit(&self, name: &str, job: ChatJob) -> Result<(), ApiError> {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ApiError::busy(name, self.queue),
-            mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model's worker stopped"),
+            mpsc::error::TrySendError::Closed(_) => {
+                ApiError::internal("the model's worker stopped")
+            }
         })
     }
 
@@ -183,7 +185,9 @@ impl BatchWorker {
     pub fn submit(&self, name: &str, job: BatchJob) -> Result<(), ApiError> {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ApiError::busy(name, self.queue),
-            mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model's worker stopped"),
+            mpsc::error::TrySendError::Closed(_) => {
+                ApiError::internal("the model's worker stopped")
+            }
         })
     }
 

@@ -1,0 +1,723 @@
+//! `frugal serve` over real HTTP on loopback with the real SmolLM2 and MiniLM: the official
+//! `openai` Python client, curl for errors, concurrency (429s, batching), the cascade router with
+//! a second server as its upstream, the semantic cache, graceful shutdown, and
+//! `frugal route calibrate`.
+
+mod common;
+use common::{fails, frugal};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `frugal serve`; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = frugal()
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the server did not start: {}", log.lock().unwrap()));
+        let s = Server { child, url, log };
+        let t0 = Instant::now();
+        loop {
+            let (code, _) = s.get("/health");
+            if code == 200 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "not ready: {}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        curl(&["-s", &format!("{}{path}", self.url)], None)
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.post_with(path, body, &[])
+    }
+
+    fn post_with(&self, path: &str, body: &str, extra: &[&str]) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let mut args = vec!["-s", "-X", "POST", "-H", "content-type: application/json"];
+        args.extend(extra);
+        args.extend(["--data-binary", "@-", &url]);
+        let (code, text) = curl(&args, Some(body.as_bytes()));
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (code, v)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl; returns the status code and the body.
+fn curl(args: &[&str], stdin: Option<&[u8]>) -> (u16, String) {
+    let mut c = Command::new("curl")
+        .args(args)
+        .args(["-w", "\n%{http_code}"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    if let Some(b) = stdin {
+        c.stdin.take().unwrap().write_all(b).unwrap();
+    } else {
+        drop(c.stdin.take());
+    }
+    let out = c.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A toy two-label data set and a head-only classifier trained on it.
+fn toy_classifier(dir: &Path) -> PathBuf {
+    let mut lines = String::new();
+    for w in [
+        "apple", "banana", "cherry", "grape", "lemon", "mango", "pear", "plum",
+    ] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I ate a {w}\", \"label\": \"fruit\"}}\n"
+        ));
+    }
+    for w in [
+        "truck", "car", "bus", "tram", "van", "taxi", "lorry", "jeep",
+    ] {
+        lines.push_str(&format!(
+            "{{\"text\": \"I drove the {w}\", \"label\": \"vehicle\"}}\n"
+        ));
+    }
+    let data = dir.join("toy.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.join("toy-clf");
+    let r = frugal()
+        .args([
+            "-q",
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--mode",
+            "head",
+        ])
+        .args([
+            "--epochs",
+            "20",
+            "--lr",
+            "0.05",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out
+}
+
+fn chat_body(model: &str, content: &str, max_tokens: u32) -> String {
+    json!({"model": model, "messages": [{"role": "user", "content": content}],
+           "temperature": 0, "max_tokens": max_tokens})
+    .to_string()
+}
+
+/// A Python with the pinned `openai` package: a virtual environment made once under
+/// $FRUGAL_HOME/venvs (pip reaches PyPI, like the asset fetcher).
+fn openai_python() -> PathBuf {
+    const PIN: &str = "openai==3.51.0";
+    let home = std::env::var_os("FRUGAL_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/frugal"));
+    let venv = home.join("venvs").join(PIN.replace("==", "-"));
+    let py = venv.join("bin/python");
+    if py.is_file() {
+        return py;
+    }
+    std::fs::create_dir_all(home.join("venvs")).unwrap();
+    let tmp = home
+        .join("venvs")
+        .join(format!("tmp-{}", std::process::id()));
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "python3 -m venv failed: install python3-venv");
+    let ok = Command::new(tmp.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", PIN])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "pip install {PIN} failed");
+    // Another test process may have won the race; either copy is complete.
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    // The venv's scripts name the folder they were made in: use the interpreter directly.
+    let py = venv.join("bin/python");
+    assert!(py.is_file());
+    py
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_server() {
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--model",
+        "minilm",
+        "--api-key",
+        "sk-test",
+    ]);
+    let py = openai_python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let r = Command::new(py)
+        .arg(script)
+        .env("FRUGAL_URL", format!("{}/v1", s.url))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{out}\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&r.stderr),
+        s.log()
+    );
+    assert!(out.contains("all openai client checks passed"), "{out}");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--model",
+        "minilm",
+        "--max-body-bytes",
+        "4000",
+        "--max-tokens",
+        "512",
+    ]);
+    let bad: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
+        ("/v1/chat/completions", "{not json".into(), 400, "not valid JSON", None),
+        ("/v1/chat/completions", "[1,2]".into(), 400, "JSON object", None),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": "hi"}).to_string(), 400, "messages", Some("messages")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}).to_string(), 400, "max_tokens", Some("max_tokens")),
+        ("/v1/chat/completions", json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 404, "smollm2", Some("model")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": []}).to_string(), 400, "empty", Some("messages")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "wizard", "content": "hi"}]}).to_string(), 400, "role", Some("messages[0].role")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}).to_string(), 400, "limit", Some("max_tokens")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "temperature": 7}).to_string(), 400, "temperature", Some("temperature")),
+        ("/v1/chat/completions", json!({"model": "minilm", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "embeddings", Some("model")),
+        ("/v1/completions", json!({"model": "smollm2", "prompt": ["a", "b"]}).to_string(), 400, "one per request", Some("prompt")),
+        ("/v1/embeddings", json!({"model": "minilm", "input": [[1, 2, 3]]}).to_string(), 400, "array of strings", Some("input")),
+        ("/v1/embeddings", json!({"model": "minilm", "input": ""}).to_string(), 400, "empty", Some("input")),
+        ("/v1/embeddings", json!({"model": "minilm", "input": "x", "encoding_format": "hex"}).to_string(), 400, "encoding_format", Some("encoding_format")),
+        ("/v1/classify", json!({"model": "minilm", "input": "x"}).to_string(), 400, "not a classifier", Some("model")),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": [{"role": "user", "content": "x".repeat(5000)}]}).to_string(), 413, "--max-body-bytes", None),
+    ];
+    for (path, body, code, needle, param) in &bad {
+        let (c, v) = s.post(path, body);
+        assert_eq!(c, *code, "{path} {body:.80}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{path} {body:.80}: '{needle}' not in {v}"
+        );
+        assert!(v["error"]["type"].is_string(), "{v}");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], *p, "{v}");
+        }
+    }
+    let (c, _) = s.get("/v1/nothing");
+    assert_eq!(c, 404);
+    // Still serving.
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("smollm2", "Say hello.", 5),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+#[test]
+fn max_tokens_beyond_the_context_window_is_refused() {
+    let s = Server::start(&["--model", "smollm2", "--max-tokens", "100000"]);
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": "smollm2",
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9000})
+        .to_string(),
+    );
+    assert_eq!(c, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("leave room for"),
+        "{v}"
+    );
+}
+
+#[test]
+fn auth_and_a_full_queue_get_401_and_429() {
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--api-key",
+        "sk-secret",
+        "--queue",
+        "1",
+    ]);
+    let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", "hi", 2));
+    assert_eq!(c, 401, "{v}");
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (c, _) = s.post_with(
+        "/v1/chat/completions",
+        &chat_body("smollm2", "hi", 2),
+        &["-H", "authorization: Bearer sk-wrong"],
+    );
+    assert_eq!(c, 401);
+    assert_eq!(s.get("/health").0, 200, "health needs no key");
+    // Eight long generations at once on a queue of one: some must be turned away with 429.
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = chat_body(
+                    "smollm2",
+                    &format!("Write a long story about the number {i}."),
+                    64,
+                );
+                curl(
+                    &[
+                        "-s",
+                        "-X",
+                        "POST",
+                        "-H",
+                        "authorization: Bearer sk-secret",
+                        "-H",
+                        "content-type: application/json",
+                        "--data-binary",
+                        "@-",
+                        &format!("{url}/v1/chat/completions"),
+                    ],
+                    Some(body.as_bytes()),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<&(u16, String)> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + busy.len(), 8, "{results:?}");
+    assert!(ok >= 1 && !busy.is_empty(), "{results:?}");
+    let v: Value = serde_json::from_str(&busy[0].1).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let (c, m) = curl(
+        &[
+            "-s",
+            "-H",
+            "authorization: Bearer sk-secret",
+            &format!("{url}/metrics"),
+        ],
+        None,
+    );
+    assert_eq!(c, 200);
+    assert!(
+        m.contains("frugal_requests_total{endpoint=\"/v1/chat/completions\",status=\"429\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn classification_is_batched_across_requests_and_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let clf = toy_classifier(dir.path());
+    let s = Server::start(&[
+        "--classifier",
+        &format!("toy={}", clf.display()),
+        "--batch-wait-ms",
+        "20",
+    ]);
+    let url = s.url.clone();
+    let handles: Vec<_> = (0..24)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let text = if i % 2 == 0 {
+                    "I ate a peach"
+                } else {
+                    "I drove the minibus"
+                };
+                let body = json!({"model": "toy", "input": text}).to_string();
+                let (c, b) = curl(
+                    &[
+                        "-s",
+                        "-X",
+                        "POST",
+                        "--data-binary",
+                        "@-",
+                        &format!("{url}/v1/classify"),
+                    ],
+                    Some(body.as_bytes()),
+                );
+                (i, c, serde_json::from_str::<Value>(&b).unwrap())
+            })
+        })
+        .collect();
+    let mut most = 0;
+    for h in handles {
+        let (i, c, v) = h.join().unwrap();
+        assert_eq!(c, 200, "{v}");
+        let want = if i % 2 == 0 { "fruit" } else { "vehicle" };
+        assert_eq!(v["data"][0]["label"], want, "{v}");
+        assert!(v["usage"]["cost_usd"].as_f64().unwrap() > 0.0);
+        assert!(
+            v["usage"]["reference_cost_usd"].as_f64().unwrap()
+                > v["usage"]["cost_usd"].as_f64().unwrap()
+        );
+        most = most.max(v["frugal"]["batch_texts"].as_u64().unwrap());
+    }
+    assert!(most > 1, "no two requests shared a batch");
+    let (_, m) = s.get("/metrics");
+    for family in [
+        "frugal_batch_texts_bucket",
+        "frugal_cost_usd_total",
+        "frugal_reference_cost_usd_total",
+        "frugal_tokens_total",
+        "frugal_request_duration_seconds_bucket",
+    ] {
+        assert!(m.contains(family), "{family} not in {m}");
+    }
+}
+
+/// A route file sending `frugal-router` requests to `upstream`.
+fn route_file(dir: &Path, upstream: &str, chat_threshold: f64, classify_threshold: f64) -> PathBuf {
+    let p = dir.join(format!("route-{chat_threshold}-{classify_threshold}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[upstream]\nurl = \"{upstream}/v1\"\napi_key_env = \"FRUGAL_TEST_UPSTREAM_KEY\"\nprice_as = \"gpt-4o\"\n\n\
+             [chat]\nlocal = \"smollm2\"\nupstream_model = \"big-chat\"\nthreshold = {chat_threshold}\n\n\
+             [classify]\nlocal = \"toy\"\nupstream_model = \"big-clf\"\nthreshold = {classify_threshold}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn the_router_escalates_what_the_local_model_is_unsure_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let clf = toy_classifier(dir.path());
+    let clf_arg = format!("toy={}", clf.display());
+    let up = Server::start(&[
+        "--model",
+        "big-chat=smollm2",
+        "--classifier",
+        &format!("big-clf={}", clf.display()),
+        "--api-key",
+        "sk-up",
+    ]);
+    std::env::set_var("FRUGAL_TEST_UPSTREAM_KEY", "sk-up");
+    // Threshold 0 on the mean log-probability and 1 on the margin: everything goes upstream.
+    let all_up = route_file(dir.path(), &up.url, 0.0, 1.0);
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--classifier",
+        &clf_arg,
+        "--route",
+        all_up.to_str().unwrap(),
+    ]);
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("frugal-router", "Name a colour.", 8),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["model"], "big-chat", "{v}");
+    assert_eq!(v["frugal"]["routed"], "upstream");
+    assert!(
+        v["usage"]["cost_usd"].as_f64().unwrap() > v["frugal"]["local_cost_usd"].as_f64().unwrap()
+    );
+    let (c, v) = s.post(
+        "/v1/classify",
+        &json!({"model": "frugal-router", "input": ["I ate a kiwi", "I drove the coach"]})
+            .to_string(),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["data"][0]["answered_by"], "big-clf", "{v}");
+    assert_eq!(v["data"][0]["label"], "fruit");
+    assert_eq!(v["frugal"]["escalated"], 2);
+    drop(s);
+    // A threshold no answer falls below: the local models answer everything.
+    let all_local = route_file(dir.path(), &up.url, -100.0, 0.0);
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--classifier",
+        &clf_arg,
+        "--route",
+        all_local.to_str().unwrap(),
+    ]);
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("frugal-router", "Name a colour.", 8),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["model"], "smollm2", "{v}");
+    assert_eq!(v["frugal"]["routed"], "local");
+    assert!(v["frugal"]["confidence"].as_f64().unwrap() < 0.0);
+    let (c, v) = s.post(
+        "/v1/classify",
+        &json!({"model": "frugal-router", "input": ["I ate a kiwi"]}).to_string(),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["data"][0]["answered_by"], "toy");
+    // The upstream's key is required: a wrong one is a 502 that names the upstream.
+    std::env::set_var("FRUGAL_TEST_UPSTREAM_KEY", "sk-wrong");
+    drop(s);
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--classifier",
+        &clf_arg,
+        "--route",
+        all_up.to_str().unwrap(),
+    ]);
+    let (c, v) = s.post(
+        "/v1/classify",
+        &json!({"model": "frugal-router", "input": ["I ate a kiwi"]}).to_string(),
+    );
+    assert_eq!(c, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&up.url),
+        "{v}"
+    );
+    // Route files are checked before serving.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[upstream]\nurl = \"ftp://x\"\n[classify]\nlocal = \"toy\"\nupstream_model = \"m\"\nthreshold = 0.5\n").unwrap();
+    fails(
+        &[
+            "serve",
+            "--classifier",
+            &clf_arg,
+            "--route",
+            bad.to_str().unwrap(),
+        ],
+        &["upstream.url", "http://"],
+    );
+    std::fs::write(&bad, "[upstream]\nurl = \"http://x\"\n[classify]\nlocal = \"nope\"\nupstream_model = \"m\"\nthreshold = 0.5\n").unwrap();
+    fails(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--classifier",
+            &clf_arg,
+            "--route",
+            bad.to_str().unwrap(),
+        ],
+        &["classify.local", "nope"],
+    );
+}
+
+#[test]
+fn the_semantic_cache_reuses_answers_but_not_for_a_negation() {
+    let s = Server::start(&["--model", "smollm2", "--model", "minilm", "--cache"]);
+    let ask = |q: &str| {
+        let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", q, 12));
+        assert_eq!(c, 200, "{v}");
+        v
+    };
+    let a = ask("Is tap water in Paris safe to drink?");
+    assert_eq!(a["frugal"]["cache"], "miss");
+    let b = ask("is tap water in Paris safe to drink");
+    assert_eq!(b["frugal"]["cache"], "hit", "{b}");
+    assert_eq!(
+        b["choices"][0]["message"]["content"],
+        a["choices"][0]["message"]["content"]
+    );
+    assert!(b["usage"]["cost_usd"].as_f64().unwrap() < a["usage"]["cost_usd"].as_f64().unwrap());
+    let n = ask("Is tap water in Paris not safe to drink?");
+    assert_eq!(n["frugal"]["cache"], "guarded", "{n}");
+    let (_, m) = s.get("/metrics");
+    assert!(
+        m.contains("frugal_cache_lookups_total{result=\"hit\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn shutdown_finishes_the_streams_in_flight() {
+    let s = Server::start(&["--model", "smollm2"]);
+    let url = s.url.clone();
+    let h = std::thread::spawn(move || {
+        let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
+                          "temperature": 0, "max_tokens": 120, "stream": true}).to_string();
+        curl(
+            &[
+                "-sN",
+                "-X",
+                "POST",
+                "--data-binary",
+                "@-",
+                &format!("{url}/v1/chat/completions"),
+            ],
+            Some(body.as_bytes()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, body) = h.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let mut s = s;
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+}
+
+#[test]
+fn route_calibrate_picks_the_cheapest_threshold_that_keeps_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let clf = toy_classifier(dir.path());
+    let data = dir.path().join("toy.jsonl");
+    let r = frugal()
+        .args([
+            "-q",
+            "route",
+            "calibrate",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--target-quality", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let chosen = &v["calibration"]["chosen"];
+    assert!(chosen["accuracy"].as_f64().unwrap() >= 1.0 - 1e-9, "{v}");
+    assert!(
+        chosen["usd_per_1k"].as_f64().unwrap()
+            <= v["calibration"]["curve"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()["usd_per_1k"]
+                .as_f64()
+                .unwrap()
+    );
+    // Recorded upstream answers that are all wrong: sending more upstream cannot help.
+    let wrong: String = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["label"] = json!(if v["label"] == "fruit" {
+                "vehicle"
+            } else {
+                "fruit"
+            });
+            v.to_string() + "\n"
+        })
+        .collect();
+    let answers = dir.path().join("answers.jsonl");
+    std::fs::write(&answers, wrong).unwrap();
+    let r = frugal()
+        .args([
+            "-q",
+            "route",
+            "calibrate",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .args(["--upstream-answers", answers.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["calibration"]["chosen"]["escalated"], 0.0, "{v}");
+    assert_eq!(v["calibration"]["upstream_accuracy"], 0.0);
+    fails(
+        &[
+            "route",
+            "calibrate",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--data",
+            "/nonexistent.jsonl",
+        ],
+        &["nonexistent"],
+    );
+    std::fs::write(
+        &answers,
+        "{\"text\": \"something else\", \"label\": \"fruit\"}\n",
+    )
+    .unwrap();
+    fails(
+        &[
+            "route",
+            "calibrate",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--upstream-answers",
+            answers.to_str().unwrap(),
+        ],
+        &["no answer for a text"],
+    );
+}
