@@ -19,6 +19,9 @@ pub enum BenchCmd {
     /// Full fine-tuning throughput (forward + backward + AdamW step), the PyTorch anchor's
     /// workload: SpamAssassin training texts in batches padded to exactly --max-len tokens.
     Train(TrainBench),
+    /// Load on a running server: concurrent clients for a fixed time; statuses, latency,
+    /// throughput and the server's memory.
+    Serve(crate::bench_serve::ServeBench),
 }
 
 #[derive(Args)]
@@ -78,6 +81,7 @@ pub fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<()> {
         BenchCmd::Embed(a) => embed(a, ctx),
         BenchCmd::Generate(a) => generate(a, ctx),
         BenchCmd::Train(a) => train(a, ctx),
+        BenchCmd::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     pub routed: Family<RouteLabels, Counter>,
     pub in_flight: Gauge,
+    pub rss_bytes: Gauge,
+    pub peak_rss_bytes: Gauge,
 }
 
 impl Metrics {
@@ -132,7 +134,21 @@ impl Metrics {
             "Requests being served now",
             in_flight.clone(),
         );
+        let rss_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            rss_bytes.clone(),
+        );
+        let peak_rss_bytes = Gauge::default();
+        registry.register(
+            "process_peak_resident_memory_bytes",
+            "Peak resident memory of the server process since it started",
+            peak_rss_bytes.clone(),
+        );
         Metrics {
+            rss_bytes,
+            peak_rss_bytes,
             registry,
             requests,
             latency,
@@ -168,6 +184,20 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let kb = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+            };
+            if let Some(v) = kb("VmRSS:") {
+                self.rss_bytes.set(v * 1024);
+            }
+            if let Some(v) = kb("VmHWM:") {
+                self.peak_rss_bytes.set(v * 1024);
+            }
+        }
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)
             .expect("writing to a String cannot fail");
