@@ -44,6 +44,9 @@ pub struct ServeBench {
     json: bool,
 }
 
+/// Builds a request body around one text.
+type BodyFn = Box<dyn Fn(&str) -> Value + Send + Sync>;
+
 #[derive(Default)]
 struct Tally {
     statuses: std::collections::BTreeMap<u16, usize>,
@@ -99,7 +102,7 @@ async fn drive(a: ServeBench, texts: Vec<String>) -> Result<()> {
             health.status()
         );
     }
-    let (path, make): (&str, Box<dyn Fn(&str) -> Value + Send + Sync>) = match a.endpoint {
+    let (path, make): (&str, BodyFn) = match a.endpoint {
         Endpoint::Classify => {
             let m = a.model.clone();
             (

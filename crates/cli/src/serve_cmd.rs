@@ -237,6 +237,10 @@ pub struct CalibrateArgs {
     /// everything upstream; without recorded answers, plain accuracy).
     #[arg(long, default_value_t = 0.99, value_parser = crate::non_negative_f64)]
     target_quality: f64,
+    /// How sure the choice must be: the target must hold at this one-sided confidence level
+    /// (a normal bound on the per-example difference), not just on this sample; 0 turns it off.
+    #[arg(long, default_value_t = 0.95, value_parser = confidence_level)]
+    confidence: f64,
     /// Also check the chosen threshold on this labelled data (e.g. the test split).
     #[arg(long)]
     test: Option<String>,
@@ -254,6 +258,49 @@ pub struct CalibrateArgs {
     fields: FieldArgs,
     #[command(flatten)]
     sources: SourcesArgs,
+}
+
+fn confidence_level(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be at least 0 and below 1 (e.g. 0.95)".into())
+    }
+}
+
+/// The one-sided standard-normal quantile for a confidence level (0 → no bound).
+fn z_of(level: f64) -> f64 {
+    if level <= 0.5 {
+        return 0.0;
+    }
+    // Bisection on the normal CDF.
+    let mut lo = 0.0f64;
+    let mut hi = 10.0f64;
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if normal_cdf(mid) < level {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+fn normal_cdf(x: f64) -> f64 {
+    // Abramowitz–Stegun 7.1.26 (error < 1.5e-7).
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs() / std::f64::consts::SQRT_2);
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+            + 0.254829592)
+            * t
+            * (-(x * x) / 2.0).exp();
+    if x >= 0.0 {
+        0.5 * (1.0 + y)
+    } else {
+        0.5 * (1.0 - y)
+    }
 }
 
 pub fn route_cmd(c: RouteCmd, ctx: &Ctx) -> Result<()> {
@@ -365,7 +412,8 @@ fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
         ctx.quiet,
     )?;
     let local_usd = pricing.local_usd(local_secs);
-    let cal = calibrate(&cs, a.target_quality, local_usd, up_usd);
+    let z = z_of(a.confidence);
+    let cal = calibrate(&cs, a.target_quality, z, local_usd, up_usd);
     let test = match &a.test {
         Some(t) => {
             let (tc, _, _) = cases(
@@ -378,7 +426,7 @@ fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
             )?;
             let th = cal.chosen.as_ref().map_or(f64::INFINITY, |p| p.threshold);
             // The curve at exactly the chosen threshold on the test data.
-            let tcal = calibrate(&tc, a.target_quality, local_usd, up_usd);
+            let tcal = calibrate(&tc, a.target_quality, 0.0, local_usd, up_usd);
             let point = tcal
                 .curve
                 .iter()
@@ -410,12 +458,13 @@ fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
     print_curve(&cal, local_usd, up_usd);
     match &cal.chosen {
         Some(p) => println!(
-            "chosen: threshold {:.4} (escalate when the margin is below it): {:.1}% sent upstream, accuracy {:.4}, quality {:.4} ≥ {} of the upstream's, ${:.4} per 1,000 requests ({:.1}% less than all upstream)\nput `threshold = {:.4}` under [classify] in the route file",
-            p.threshold, p.escalated * 100.0, p.accuracy, p.quality, a.target_quality, p.usd_per_1k, p.savings * 100.0, p.threshold
+            "chosen: threshold {:.4} (escalate when the margin is below it): {:.1}% sent upstream, accuracy {:.4}, quality {:.4} ≥ {} of the upstream's (at {:.0}% confidence), ${:.4} per 1,000 requests ({:.1}% less than all upstream)\nput `threshold = {:.4}` under [classify] in the route file",
+            p.threshold, p.escalated * 100.0, p.accuracy, p.quality, a.target_quality, a.confidence * 100.0, p.usd_per_1k, p.savings * 100.0, p.threshold
         ),
         None => println!(
-            "no threshold reaches {} of the upstream's quality on this data: even sending everything upstream gives {:.4}",
+            "no threshold reaches {} of the upstream's quality on this data at {:.0}% confidence (--confidence): sending everything upstream gives {:.4}",
             a.target_quality,
+            a.confidence * 100.0,
             cal.curve.last().map_or(0.0, |p| p.quality)
         ),
     }

@@ -166,13 +166,19 @@ pub struct Point {
     pub accuracy: f64,
     /// Accuracy relative to sending everything upstream.
     pub quality: f64,
+    /// One-sided lower confidence bound of (accuracy − target × upstream accuracy), per
+    /// example: the threshold is chosen only where it is ≥ 0, so the target holds beyond this
+    /// sample, not just on it.
+    pub margin_lower: f64,
     pub usd_per_1k: f64,
     /// 1 − cost / cost of sending everything upstream.
     pub savings: f64,
 }
 
 /// The cost/quality curve over every useful threshold, and the cheapest point whose quality
-/// (accuracy relative to the upstream's own) reaches `target`.
+/// (accuracy relative to the upstream's own) reaches `target` with confidence: the lower bound
+/// `z` standard errors below the measured margin must clear it (z = 1.645: 95% one-sided;
+/// z = 0: on this sample only).
 #[derive(Debug, Clone, Serialize)]
 pub struct Calibration {
     pub curve: Vec<Point>,
@@ -180,9 +186,32 @@ pub struct Calibration {
     pub upstream_accuracy: f64,
     pub local_accuracy: f64,
     pub target: f64,
+    pub z: f64,
     /// True when upstream answers were recorded for every example, false when the upstream was
     /// assumed right.
     pub upstream_recorded: bool,
+}
+
+/// Escalating every case below `t`: the lower confidence bound (z standard errors) of the mean
+/// per-example difference between the cascade being right and `target` × the upstream being
+/// right.
+fn lower_bound(cases: &[Case], t: f64, target: f64, z: f64) -> f64 {
+    let n = cases.len().max(1) as f64;
+    let d: Vec<f64> = cases
+        .iter()
+        .map(|c| {
+            let up = c.upstream_correct.unwrap_or(true) as u8 as f64;
+            let right = if c.confidence < t {
+                up
+            } else {
+                c.local_correct as u8 as f64
+            };
+            right - target * up
+        })
+        .collect();
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    mean - z * (var / n).sqrt()
 }
 
 /// Escalating every case below `t`: accuracy and share escalated.
@@ -203,7 +232,13 @@ fn evaluate(cases: &[Case], t: f64) -> (f64, f64) {
 
 /// Calibrates a threshold. `local_usd` and `upstream_usd` are per request; every request pays
 /// the local model, escalated ones pay the upstream too.
-pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64) -> Calibration {
+pub fn calibrate(
+    cases: &[Case],
+    target: f64,
+    z: f64,
+    local_usd: f64,
+    upstream_usd: f64,
+) -> Calibration {
     let mut ts: Vec<f64> = cases.iter().map(|c| c.confidence).collect();
     ts.push(f64::NEG_INFINITY);
     ts.push(f64::INFINITY);
@@ -222,6 +257,7 @@ pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64)
                 escalated: esc,
                 accuracy: acc,
                 quality: acc / up_acc.max(1e-12),
+                margin_lower: lower_bound(cases, t, target, z),
                 usd_per_1k: usd,
                 savings: if all_up > 0.0 {
                     1.0 - usd / all_up
@@ -233,7 +269,7 @@ pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64)
         .collect();
     let chosen = curve
         .iter()
-        .filter(|p| p.quality >= target - 1e-12)
+        .filter(|p| p.quality >= target - 1e-12 && p.margin_lower >= -1e-12)
         .min_by(|a, b| {
             a.usd_per_1k
                 .total_cmp(&b.usd_per_1k)
@@ -270,6 +306,7 @@ pub fn calibrate(cases: &[Case], target: f64, local_usd: f64, upstream_usd: f64)
         upstream_accuracy: up_acc,
         local_accuracy: local_acc,
         target,
+        z,
         upstream_recorded: cases.iter().all(|c| c.upstream_correct.is_some()),
     }
 }
@@ -315,7 +352,7 @@ mod tests {
             case(0.8, true, Some(false)),
             case(0.9, true, Some(true)),
         ];
-        let c = calibrate(&cases, 1.2, 0.0001, 0.01);
+        let c = calibrate(&cases, 1.2, 0.0, 0.0001, 0.01);
         assert!((c.upstream_accuracy - 0.8).abs() < 1e-9);
         assert!((c.local_accuracy - 0.6).abs() < 1e-9);
         let p = c.chosen.unwrap();
@@ -325,14 +362,18 @@ mod tests {
         assert!((p.escalated - 0.4).abs() < 1e-9);
         assert!((p.accuracy - 1.0).abs() < 1e-9);
         // Matching the upstream (quality 1) needs only the least confident case escalated.
-        let p = calibrate(&cases, 1.0, 0.0001, 0.01).chosen.unwrap();
+        let p = calibrate(&cases, 1.0, 0.0, 0.0001, 0.01).chosen.unwrap();
         assert_eq!(p.threshold, 0.2);
         assert!((p.escalated - 0.2).abs() < 1e-9);
         // An unreachable target chooses nothing.
-        assert!(calibrate(&cases, 1.3, 0.0001, 0.01).chosen.is_none());
+        assert!(calibrate(&cases, 1.3, 0.0, 0.0001, 0.01).chosen.is_none());
         // A lax target sends nothing upstream.
-        let p = calibrate(&cases, 0.7, 0.0001, 0.01).chosen.unwrap();
+        let p = calibrate(&cases, 0.7, 0.0, 0.0001, 0.01).chosen.unwrap();
         assert_eq!(p.escalated, 0.0);
+        // Asking for confidence costs escalations: on five examples, matching the upstream
+        // with 95% confidence needs more than the one escalation that matches it here.
+        let sure = calibrate(&cases, 1.0, 1.645, 0.0001, 0.01);
+        assert!(sure.chosen.is_none_or(|p| p.escalated > 0.2));
     }
 
     #[test]
