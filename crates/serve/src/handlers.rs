@@ -234,15 +234,24 @@ struct Gen {
     cache_key: Option<(String, String)>,
 }
 
-fn chat_worker<'a>(st: &'a AppState, name: &str) -> Result<&'a ChatWorker, ApiError> {
+/// The served model `name` of one kind (`map`): another kind of model is a 400 that says which
+/// endpoint it belongs to, an unknown name a 404 listing those served.
+fn find<'a, T>(
+    st: &AppState,
+    map: &'a std::collections::BTreeMap<String, T>,
+    name: &str,
+    what: &str,
+) -> Result<&'a T, ApiError> {
     let l = st.models()?;
-    if let Some(w) = l.chat.get(name) {
-        return Ok(w);
+    if let Some(m) = map.get(name) {
+        return Ok(m);
     }
-    if l.encoders.contains_key(name) || l.classifiers.contains_key(name) {
+    if l.names(None).iter().any(|n| n == name) {
         return Err(ApiError::invalid(
-            format!("`{name}` is an encoder or classifier, not a chat model; use /v1/embeddings or /v1/classify, or one of: {}",
-                l.chat.keys().cloned().collect::<Vec<_>>().join(", ")),
+            format!(
+                "`{name}` is not {what}; those served: {} (chat models answer /v1/chat/completions, encoders /v1/embeddings, classifiers /v1/classify)",
+                map.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
             Some("model"),
         ));
     }
@@ -250,6 +259,10 @@ fn chat_worker<'a>(st: &'a AppState, name: &str) -> Result<&'a ChatWorker, ApiEr
         name,
         &l.names(st.cfg.route.as_ref()),
     ))
+}
+
+fn chat_worker<'a>(st: &'a AppState, name: &str) -> Result<&'a ChatWorker, ApiError> {
+    find(st, &st.models()?.chat, name, "a chat model")
 }
 
 fn prepare(
@@ -1098,20 +1111,7 @@ async fn embeddings_inner(
         }
     };
     let l = st.models()?;
-    let w = l.encoders.get(&req.model).ok_or_else(|| {
-        if l.chat.contains_key(&req.model) || l.classifiers.contains_key(&req.model) {
-            ApiError::invalid(
-                format!(
-                    "`{}` is not an encoder; embeddings come from: {}",
-                    req.model,
-                    l.encoders.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-                Some("model"),
-            )
-        } else {
-            ApiError::unknown_model(&req.model, &l.names(st.cfg.route.as_ref()))
-        }
-    })?;
+    let w = find(&st, &l.encoders, &req.model, "an encoder")?;
     let joined = texts.join("\n");
     let out = run_batch(&st, w, &req.model, texts).await?;
     let tokens: usize = out.rows.iter().map(|r| r.1).sum();
@@ -1193,19 +1193,7 @@ async fn classify_inner(
         },
         None => req.model.clone(),
     };
-    let (w, labels) = l.classifiers.get(&name).ok_or_else(|| {
-        if l.chat.contains_key(&name) || l.encoders.contains_key(&name) {
-            ApiError::invalid(
-                format!(
-                    "`{name}` is not a classifier; classifiers served: {}",
-                    l.classifiers.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-                Some("model"),
-            )
-        } else {
-            ApiError::unknown_model(&name, &l.names(st.cfg.route.as_ref()))
-        }
-    })?;
+    let (w, labels) = find(&st, &l.classifiers, &name, "a classifier")?;
     let out = run_batch(&st, w, &name, texts.clone()).await?;
     let tokens: usize = out.rows.iter().map(|r| r.1).sum();
     let p = &st.cfg.pricing;

@@ -64,18 +64,21 @@ impl ChatWorker {
 
     /// Queues a job; a full queue is a 429.
     pub fn submit(&self, name: &str, job: ChatJob) -> Result<(), ApiError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ApiError::busy(name, self.queue),
-            mpsc::error::TrySendError::Closed(_) => {
-                ApiError::internal("the model's worker stopped")
-            }
-        })
+        enqueue(&self.tx, name, self.queue, job)
     }
 
     /// Requests waiting (not counting the one running).
     pub fn waiting(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+}
+
+/// Puts a job in a model's queue without waiting: a full queue is a 429.
+fn enqueue<T>(tx: &mpsc::Sender<T>, name: &str, queue: usize, job: T) -> Result<(), ApiError> {
+    tx.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError::busy(name, queue),
+        mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model's worker stopped"),
+    })
 }
 
 fn run_chat(model: &ChatModel, cache: &mut frugal_models::chat::KvCache, job: ChatJob) {
@@ -183,12 +186,7 @@ impl BatchWorker {
 
     /// Queues a job; a full queue is a 429.
     pub fn submit(&self, name: &str, job: BatchJob) -> Result<(), ApiError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ApiError::busy(name, self.queue),
-            mpsc::error::TrySendError::Closed(_) => {
-                ApiError::internal("the model's worker stopped")
-            }
-        })
+        enqueue(&self.tx, name, self.queue, job)
     }
 
     /// Requests waiting.
