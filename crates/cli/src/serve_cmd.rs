@@ -219,6 +219,27 @@ async fn shutdown_signal() {
 pub enum RouteCmd {
     /// Pick the cascade's threshold: the cheapest that keeps the quality target on labelled data.
     Calibrate(CalibrateArgs),
+    /// Record the route's upstream answers on a data set (for `calibrate --upstream-answers`),
+    /// asking it exactly as the router would.
+    Record(RecordArgs),
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// The route file whose [upstream] and [classify] say where and how to ask.
+    #[arg(long)]
+    route: PathBuf,
+    /// Texts to classify (a labelled file, or `spamassassin` for its validation split).
+    #[arg(long)]
+    data: String,
+    /// Where to write JSONL of `{text, label}` (label "" when a chat answer named none).
+    #[arg(long)]
+    out: PathBuf,
+    /// Texts per upstream request.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    batch: u32,
+    #[command(flatten)]
+    fields: FieldArgs,
 }
 
 #[derive(Args)]
@@ -306,7 +327,87 @@ fn normal_cdf(x: f64) -> f64 {
 pub fn route_cmd(c: RouteCmd, ctx: &Ctx) -> Result<()> {
     match c {
         RouteCmd::Calibrate(a) => calibrate_cmd(a, ctx),
+        RouteCmd::Record(a) => record_cmd(a, ctx),
     }
+}
+
+/// Labelled examples of `data` (`spamassassin`: its validation split).
+fn labelled(
+    data: &str,
+    fields: &FieldArgs,
+    quiet: bool,
+) -> Result<Vec<frugal_train::data::Example>> {
+    let examples = if data == "spamassassin" {
+        crate::train_cmd::load_sets(data, None, fields, quiet)?
+            .1
+            .unwrap_or_default()
+    } else {
+        load_eval(data, fields, quiet)?
+    };
+    if examples.is_empty() {
+        bail!("--data {data}: no labelled examples");
+    }
+    Ok(examples)
+}
+
+fn record_cmd(a: RecordArgs, ctx: &Ctx) -> Result<()> {
+    let route = RouteConfig::load(&a.route).map_err(anyhow::Error::msg)?;
+    if route.classify.is_none() {
+        bail!(
+            "--route {}: has no [classify] section to record",
+            a.route.display()
+        );
+    }
+    let examples = labelled(&a.data, &a.fields, ctx.quiet)?;
+    let labels = frugal_train::classifier::labels_of(&examples);
+    let http = reqwest::Client::builder()
+        .timeout(route.upstream.timeout())
+        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pb = crate::io::progress(examples.len() as u64, ctx.quiet, "asking the upstream");
+    let mut out = String::new();
+    let mut unparsed = 0;
+    for chunk in examples.chunks(a.batch as usize) {
+        let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
+        let answers = rt
+            .block_on(frugal_serve::route::classify_upstream(
+                &http, &route, &texts, &labels,
+            ))
+            .map_err(anyhow::Error::msg)?;
+        for (e, ans) in chunk.iter().zip(answers) {
+            unparsed += ans.label.is_empty() as usize;
+            let mut v = serde_json::json!({"label": ans.label});
+            v[a.fields.fields().text] = serde_json::json!(e.text);
+            if let Some(t) = ans.answer {
+                v["answer"] = serde_json::json!(t);
+            }
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    crate::io::write_atomic(&a.out, out.as_bytes())?;
+    let right = out
+        .lines()
+        .zip(&examples)
+        .filter(|(l, e)| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["label"] == e.label.as_str())
+        })
+        .count();
+    if !ctx.quiet {
+        eprintln!(
+            "frugal: {} answers in {} ({} named no label); the upstream's accuracy on them: {:.4}",
+            examples.len(),
+            a.out.display(),
+            unparsed,
+            right as f64 / examples.len() as f64
+        );
+    }
+    Ok(())
 }
 
 /// Cases (confidence, right or wrong) of the local classifier on labelled data, with the
@@ -319,16 +420,7 @@ fn cases(
     price: &frugal_cost::ModelPrice,
     quiet: bool,
 ) -> Result<(Vec<Case>, f64, f64)> {
-    let examples = if data == "spamassassin" {
-        crate::train_cmd::load_sets(data, None, &a.fields, quiet)?
-            .1
-            .unwrap_or_default()
-    } else {
-        load_eval(data, &a.fields, quiet)?
-    };
-    if examples.is_empty() {
-        bail!("--data {data}: no labelled examples");
-    }
+    let examples = labelled(data, &a.fields, quiet)?;
     let recorded: Option<HashMap<String, String>> = match answers {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -366,10 +458,12 @@ fn cases(
     let mut hosted = 0.0;
     for (e, p) in examples.iter().zip(&probs) {
         let best = frugal_models::chat::sampling::argmax(p) as usize;
+        let local_correct = clf.labels[best] == e.label;
         let upstream_correct = match &recorded {
+            // An answer that named no label leaves the local answer standing, as the router does.
             Some(m) => Some(
                 m.get(&e.text)
-                    .map(|l| *l == e.label)
+                    .map(|l| if l.is_empty() { local_correct } else { *l == e.label })
                     .ok_or_else(|| {
                         anyhow::anyhow!(
                             "the upstream answers have no answer for a text of {data} (\"{}…\"); record them on the same texts",
@@ -381,7 +475,7 @@ fn cases(
         };
         out.push(Case {
             confidence: margin(p) as f64,
-            local_correct: clf.labels[best] == e.label,
+            local_correct,
             upstream_correct,
         });
         hosted += Pricing::hosted_usd(price, &e.text, &e.label)

@@ -517,6 +517,70 @@ fn the_router_escalates_what_the_local_model_is_unsure_of() {
     );
     assert_eq!(c, 200, "{v}");
     assert_eq!(v["data"][0]["answered_by"], "toy");
+    // `frugal route record` asks the upstream as the router does and saves its answers.
+    let rec = dir.path().join("recorded.jsonl");
+    let toy = dir.path().join("toy.jsonl");
+    let r = frugal()
+        .args([
+            "-q",
+            "route",
+            "record",
+            "--route",
+            all_up.to_str().unwrap(),
+            "--data",
+            toy.to_str().unwrap(),
+        ])
+        .args(["--out", rec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let gold = std::fs::read_to_string(&toy).unwrap();
+    let got = std::fs::read_to_string(&rec).unwrap();
+    assert_eq!(got.lines().count(), gold.lines().count());
+    for (g, a) in gold.lines().zip(got.lines()) {
+        let (g, a): (Value, Value) = (
+            serde_json::from_str(g).unwrap(),
+            serde_json::from_str(a).unwrap(),
+        );
+        assert_eq!(g["text"], a["text"]);
+        assert_eq!(
+            g["label"], a["label"],
+            "the upstream is the same toy classifier"
+        );
+    }
+    // An upstream that is a chat model: asked with a prompt, its answer matched to a label.
+    let chat_route = dir.path().join("chat-route.toml");
+    std::fs::write(
+        &chat_route,
+        format!(
+            "[upstream]\nurl = \"{}/v1\"\napi_key_env = \"FRUGAL_TEST_UPSTREAM_KEY\"\n\n\
+             [classify]\nlocal = \"toy\"\nupstream_model = \"big-chat\"\nupstream_api = \"chat\"\nthreshold = 1.0\n\
+             prompt = \"Is this about a fruit or a vehicle? Answer fruit or vehicle.\\n\\n{{text}}\"\n",
+            up.url
+        ),
+    )
+    .unwrap();
+    drop(s);
+    let s = Server::start(&[
+        "--classifier",
+        &clf_arg,
+        "--route",
+        chat_route.to_str().unwrap(),
+    ]);
+    let (c, v) = s.post(
+        "/v1/classify",
+        &json!({"model": "frugal-router", "input": ["I ate a kiwi"]}).to_string(),
+    );
+    assert_eq!(c, 200, "{v}");
+    let d = &v["data"][0];
+    assert!(d["upstream_answer"].is_string(), "{v}");
+    if d["upstream_unparsed"] == true {
+        assert_eq!(d["answered_by"], "toy", "{v}");
+    } else {
+        assert_eq!(d["answered_by"], "big-chat", "{v}");
+        assert!(d["label"] == "fruit" || d["label"] == "vehicle", "{v}");
+    }
+    assert!(v["usage"]["cost_usd"].as_f64().unwrap() > 0.0);
     // The upstream's key is required: a wrong one is a 502 that names the upstream.
     std::env::set_var("FRUGAL_TEST_UPSTREAM_KEY", "sk-wrong");
     drop(s);
@@ -562,6 +626,33 @@ fn the_router_escalates_what_the_local_model_is_unsure_of() {
             bad.to_str().unwrap(),
         ],
         &["classify.local", "nope"],
+    );
+    let bad_route = |text: &str, needles: &[&str]| {
+        std::fs::write(&bad, text).unwrap();
+        fails(
+            &[
+                "serve",
+                "--classifier",
+                &clf_arg,
+                "--route",
+                bad.to_str().unwrap(),
+            ],
+            needles,
+        );
+    };
+    let head = "[upstream]\nurl = \"http://x\"\n[classify]\nlocal = \"toy\"\nthreshold = 0.5\n";
+    bad_route(
+        &format!("{head}upstream_model = \"m\"\nupstream_api = \"grpc\"\n"),
+        &["upstream_api", "grpc"],
+    );
+    bad_route(
+        &format!("{head}upstream_model = \"m\"\nupstream_api = \"chat\"\nprompt = \"Label it\"\n"),
+        &["classify.prompt", "{text}"],
+    );
+    bad_route(head, &["upstream_model"]);
+    bad_route(
+        &format!("{head}upstream_model = \"m\"\ncolour = \"red\"\n"),
+        &["colour"],
     );
 }
 

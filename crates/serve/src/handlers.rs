@@ -920,7 +920,9 @@ async fn route_chat(
     if let Some(o) = fwd.as_object_mut() {
         o.remove("stream_options");
     }
-    let up = call_upstream(&st, "chat/completions", &fwd).await?;
+    let up = crate::route::post_upstream(&st.http, r, "chat/completions", &fwd)
+        .await
+        .map_err(ApiError::upstream)?;
     let text = up["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or("")
@@ -989,31 +991,6 @@ fn upstream_usd(st: &AppState, up: &Value, input: &str, output: &str) -> Result<
         }
         _ => Pricing::hosted_usd(price, input, output),
     }
-}
-
-/// POSTs `body` to the upstream's `path`; failures are 502s that name the URL.
-async fn call_upstream(st: &AppState, path: &str, body: &Value) -> Result<Value, ApiError> {
-    let r = st.cfg.route.as_ref().expect("routing");
-    let url = r.endpoint(path);
-    let mut req = st.http.post(&url).json(body);
-    if let Some(k) = r.upstream.key() {
-        req = req.bearer_auth(k);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ApiError::upstream(format!("the upstream {url} failed: {e}")))?;
-    let status = resp.status();
-    let v: Value = resp.json().await.map_err(|e| {
-        ApiError::upstream(format!("the upstream {url} sent no JSON ({status}): {e}"))
-    })?;
-    if !status.is_success() {
-        let msg = v["error"]["message"].as_str().unwrap_or("no message");
-        return Err(ApiError::upstream(format!(
-            "the upstream {url} answered {status}: {msg}"
-        )));
-    }
-    Ok(v)
 }
 
 // ---------- embeddings and classification ----------
@@ -1230,32 +1207,32 @@ async fn classify_inner(
             .collect();
         if !doubtful.is_empty() {
             let fwd_texts: Vec<&str> = doubtful.iter().map(|&i| texts[i].as_str()).collect();
-            let up = call_upstream(
-                &st,
-                "classify",
-                &json!({"model": c.upstream_model, "input": fwd_texts}),
-            )
-            .await?;
-            let answers = up["data"].as_array().cloned().unwrap_or_default();
-            if answers.len() != doubtful.len() {
-                return Err(ApiError::upstream(format!(
-                    "the upstream answered {} classifications for {} texts",
-                    answers.len(),
-                    doubtful.len()
-                )));
-            }
-            let up_model = up["model"]
-                .as_str()
-                .unwrap_or(&c.upstream_model)
-                .to_string();
+            let answers = crate::route::classify_upstream(&st.http, r, &fwd_texts, labels)
+                .await
+                .map_err(ApiError::upstream)?;
+            let up_model = answers
+                .first()
+                .map_or(c.upstream_model.clone(), |a| a.model.clone());
             let mut up_usd = 0.0;
             for (&i, a) in doubtful.iter().zip(&answers) {
-                let label = a["label"].as_str().unwrap_or("");
-                up_usd += upstream_usd(&st, &Value::Null, &texts[i], label)?;
-                data[i]["label"] = a["label"].clone();
-                data[i]["probabilities"] = a["probabilities"].clone();
+                let usage = match a.tokens {
+                    Some((i, o)) => json!({"usage": {"prompt_tokens": i, "completion_tokens": o}}),
+                    None => Value::Null,
+                };
+                up_usd += upstream_usd(&st, &usage, &texts[i], &a.label)?;
+                if let Some(text) = &a.answer {
+                    data[i]["upstream_answer"] = json!(text);
+                }
+                if a.label.is_empty() {
+                    // The upstream's answer names no label: the local answer stands.
+                    data[i]["upstream_unparsed"] = json!(true);
+                    continue;
+                }
+                data[i]["local_label"] = data[i]["label"].clone();
                 data[i]["local_margin"] = data[i]["margin"].clone();
-                data[i]["margin"] = a["margin"].clone();
+                data[i]["label"] = json!(a.label);
+                data[i]["probabilities"] = a.probabilities.clone().unwrap_or(Value::Null);
+                data[i]["margin"] = json!(a.margin);
                 data[i]["answered_by"] = json!(up_model);
             }
             usage.cost_usd += up_usd;

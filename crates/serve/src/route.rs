@@ -75,6 +75,171 @@ pub struct ClassifyRoute {
     pub local: String,
     pub upstream_model: String,
     pub threshold: f64,
+    /// How the upstream classifies: `classify` (its `/v1/classify`, e.g. another frugal server)
+    /// or `chat` (a chat model asked with `prompt`, its answer matched to a label: what a hosted
+    /// LLM offers).
+    #[serde(default = "default_api")]
+    pub upstream_api: String,
+    /// The chat prompt; `{labels}` and `{text}` are filled in.
+    pub prompt: Option<String>,
+    /// Texts are cut to this many characters in the chat prompt.
+    pub max_text_chars: Option<usize>,
+}
+
+fn default_api() -> String {
+    "classify".into()
+}
+
+/// The chat prompt used when a route gives none.
+pub const DEFAULT_PROMPT: &str =
+    "Classify the text as one of: {labels}. Answer with the label only.\n\nText: {text}";
+
+impl ClassifyRoute {
+    /// The chat prompt for one text.
+    pub fn prompt_for(&self, labels: &[String], text: &str) -> String {
+        let limit = self.max_text_chars.unwrap_or(4000);
+        let cut: String = text.chars().take(limit).collect();
+        self.prompt
+            .as_deref()
+            .unwrap_or(DEFAULT_PROMPT)
+            .replace("{labels}", &labels.join(", "))
+            .replace("{text}", &cut)
+    }
+}
+
+/// The label a chat answer names: the one mentioned first (as a whole word, any case).
+pub fn parse_label(answer: &str, labels: &[String]) -> Option<String> {
+    let lower = answer.to_lowercase();
+    let is_word = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    labels
+        .iter()
+        .filter_map(|l| {
+            let ll = l.to_lowercase();
+            lower.match_indices(&ll).find_map(|(i, _)| {
+                let before = lower[..i].chars().next_back();
+                let after = lower[i + ll.len()..].chars().next();
+                (is_word(before) && is_word(after)).then_some((i, l.clone()))
+            })
+        })
+        .min_by_key(|(i, _)| *i)
+        .map(|(_, l)| l)
+}
+
+/// One upstream answer to a classification.
+#[derive(Debug, Clone)]
+pub struct UpstreamLabel {
+    pub label: String,
+    /// The upstream's probabilities and margin (its /v1/classify), when it gives them.
+    pub probabilities: Option<serde_json::Value>,
+    pub margin: Option<f64>,
+    /// Token counts it reported (chat), to price its answer.
+    pub tokens: Option<(u64, u64)>,
+    /// The chat answer, when the label was read from one.
+    pub answer: Option<String>,
+    pub model: String,
+}
+
+/// Asks the route's upstream to classify `texts` (labels as the local classifier names them).
+/// Errors name the upstream's URL.
+pub async fn classify_upstream(
+    http: &reqwest::Client,
+    r: &RouteConfig,
+    texts: &[&str],
+    labels: &[String],
+) -> Result<Vec<UpstreamLabel>, String> {
+    let c = r
+        .classify
+        .as_ref()
+        .ok_or("the route has no [classify] section")?;
+    if c.upstream_api == "chat" {
+        let asks = texts.iter().map(|t| {
+            let body = serde_json::json!({
+                "model": c.upstream_model,
+                "messages": [{"role": "user", "content": c.prompt_for(labels, t)}],
+                "temperature": 0,
+                "max_tokens": 8,
+            });
+            async move { post_upstream(http, r, "chat/completions", &body).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        return answers
+            .into_iter()
+            .map(|a| {
+                let v = a?;
+                let text = v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                Ok(UpstreamLabel {
+                    // An answer naming no label counts as the first label's opposite: unknown.
+                    label: parse_label(&text, labels).unwrap_or_default(),
+                    probabilities: None,
+                    margin: None,
+                    tokens: v["usage"]["prompt_tokens"]
+                        .as_u64()
+                        .zip(v["usage"]["completion_tokens"].as_u64()),
+                    answer: Some(text),
+                    model: v["model"].as_str().unwrap_or(&c.upstream_model).to_string(),
+                })
+            })
+            .collect();
+    }
+    let v = post_upstream(
+        http,
+        r,
+        "classify",
+        &serde_json::json!({"model": c.upstream_model, "input": texts}),
+    )
+    .await?;
+    let data = v["data"].as_array().cloned().unwrap_or_default();
+    if data.len() != texts.len() {
+        return Err(format!(
+            "the upstream {} answered {} classifications for {} texts",
+            r.endpoint("classify"),
+            data.len(),
+            texts.len()
+        ));
+    }
+    let model = v["model"].as_str().unwrap_or(&c.upstream_model).to_string();
+    Ok(data
+        .into_iter()
+        .map(|a| UpstreamLabel {
+            label: a["label"].as_str().unwrap_or("").to_string(),
+            probabilities: Some(a["probabilities"].clone()),
+            margin: a["margin"].as_f64(),
+            tokens: None,
+            answer: None,
+            model: model.clone(),
+        })
+        .collect())
+}
+
+/// POSTs `body` to the upstream's `path` with its key; failures name the URL.
+pub async fn post_upstream(
+    http: &reqwest::Client,
+    r: &RouteConfig,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let url = r.endpoint(path);
+    let mut req = http.post(&url).json(body);
+    if let Some(k) = r.upstream.key() {
+        req = req.bearer_auth(k);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("the upstream {url} failed: {e}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("the upstream {url} sent no JSON ({status}): {e}"))?;
+    if !status.is_success() {
+        let msg = v["error"]["message"].as_str().unwrap_or("no message");
+        return Err(format!("the upstream {url} answered {status}: {msg}"));
+    }
+    Ok(v)
 }
 
 impl RouteConfig {
@@ -98,9 +263,22 @@ impl RouteConfig {
             ));
         }
         if let Some(c) = &r.classify {
-            if !(0.0..=1.0).contains(&c.threshold) {
+            if c.upstream_api != "classify" && c.upstream_api != "chat" {
                 return Err(format!(
-                    "--route {}: classify.threshold {} is a probability margin, between 0 and 1",
+                    "--route {}: classify.upstream_api `{}`: use classify (the upstream's /v1/classify) or chat (a chat model asked with `prompt`)",
+                    path.display(),
+                    c.upstream_api
+                ));
+            }
+            if c.prompt.as_ref().is_some_and(|p| !p.contains("{text}")) {
+                return Err(format!(
+                    "--route {}: classify.prompt has no {{text}}: put {{text}} where the text goes",
+                    path.display()
+                ));
+            }
+            if !(c.threshold >= 0.0 && c.threshold.is_finite()) {
+                return Err(format!(
+                    "--route {}: classify.threshold {} is a probability margin: 0 (never escalate) to 1 (nearly always), or above 1 (always)",
                     path.display(),
                     c.threshold
                 ));
@@ -276,20 +454,15 @@ pub fn calibrate(
                 .then(b.accuracy.total_cmp(&a.accuracy))
         })
         .cloned();
-    // Thresholds are printable: ±∞ become the extremes of the data ± 1.
-    let lo = cases
-        .iter()
-        .map(|c| c.confidence)
-        .fold(f64::INFINITY, f64::min);
-    let hi = cases
-        .iter()
-        .map(|c| c.confidence)
-        .fold(f64::NEG_INFINITY, f64::max);
+    // Thresholds are printable and valid in a route file: −∞ (never escalate) becomes the
+    // lowest confidence seen (nothing is below it), +∞ (always) a little above the highest.
+    let lo = cases.iter().map(|c| c.confidence).fold(f64::INFINITY, f64::min);
+    let hi = cases.iter().map(|c| c.confidence).fold(f64::NEG_INFINITY, f64::max);
     let finite = |t: f64| {
         if t == f64::NEG_INFINITY {
-            lo.min(0.0) - 1.0
+            lo
         } else if t == f64::INFINITY {
-            hi + 1.0
+            hi + 1e-4
         } else {
             t
         }
@@ -374,6 +547,18 @@ mod tests {
         // with 95% confidence needs more than the one escalation that matches it here.
         let sure = calibrate(&cases, 1.0, 1.645, 0.0001, 0.01);
         assert!(sure.chosen.is_none_or(|p| p.escalated > 0.2));
+    }
+
+    #[test]
+    fn chat_answers_name_labels() {
+        let labels = vec!["spam".to_string(), "ham".to_string()];
+        assert_eq!(parse_label("Spam.", &labels).as_deref(), Some("spam"));
+        assert_eq!(
+            parse_label("It is ham, not spam", &labels).as_deref(),
+            Some("ham")
+        );
+        assert_eq!(parse_label("shampoo", &labels), None);
+        assert_eq!(parse_label("I cannot tell", &labels), None);
     }
 
     #[test]
