@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     queue: u32,
     /// Texts an encoder or classifier runs together (1 turns dynamic batching off).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_batch: u32,
     /// Milliseconds a batch waits for more requests to fill it.
     #[arg(long, default_value_t = 2)]
