@@ -59,7 +59,7 @@ struct Entry {
     /// Model and settings: only requests with the same key can share an answer.
     key: String,
     vector: Vec<f32>,
-    guard: Guard,
+    text: String,
     answer: CachedAnswer,
 }
 
@@ -97,6 +97,39 @@ impl Guard {
     }
 }
 
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether two similar texts may share an answer: the same negation cues and numbers, and no
+/// word negated by a prefix in one whose plain form is only in the other ("unsafe" / "safe").
+/// Antonyms ("soft" / "hard") are beyond it.
+pub fn compatible(a: &str, b: &str) -> bool {
+    if Guard::of(a) != Guard::of(b) {
+        return false;
+    }
+    let (wa, wb) = (words(a), words(b));
+    for (x, y) in [(&wa, &wb), (&wb, &wa)] {
+        for w in x {
+            for p in ["un", "in", "im", "il", "ir", "dis", "non"] {
+                if let Some(rest) = w.strip_prefix(p) {
+                    if rest.len() >= 3
+                        && y.iter().any(|v| v == rest)
+                        && !x.iter().any(|v| v == rest)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// The cache itself, shared by all requests.
 pub struct SemanticCache {
     pub cfg: CacheConfig,
@@ -128,7 +161,7 @@ impl SemanticCache {
             .max_by(|a, b| a.0.total_cmp(&b.0));
         match best {
             Some((sim, e)) if sim >= self.cfg.threshold => {
-                if e.guard == Guard::of(text) {
+                if compatible(&e.text, text) {
                     Lookup::Hit {
                         answer: e.answer.clone(),
                         similarity: sim,
@@ -147,7 +180,7 @@ impl SemanticCache {
         entries.push_back(Entry {
             key: key.to_string(),
             vector,
-            guard: Guard::of(text),
+            text: text.to_string(),
             answer,
         });
         while entries.len() > self.cfg.capacity.max(1) {
@@ -186,6 +219,13 @@ mod tests {
         assert_ne!(Guard::of("it is safe"), Guard::of("it isn't safe"));
         assert_ne!(Guard::of("convert 5 miles"), Guard::of("convert 50 miles"));
         assert_eq!(Guard::of("convert 5 miles."), Guard::of("Convert 5 miles"));
+        assert!(!compatible(
+            "is it safe to charge overnight",
+            "is it unsafe to charge overnight"
+        ));
+        assert!(!compatible("an honest answer", "a dishonest answer"));
+        assert!(compatible("install the unit", "install the unit please"));
+        assert!(compatible("Is it safe?", "is it safe"));
     }
 
     #[test]

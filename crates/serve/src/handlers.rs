@@ -839,6 +839,10 @@ async fn chat_inner(
     })?;
     let mut g = prepare(&st, w, &local, &prompt, &s, 512, Kind::Chat)?;
     g.reference_input = chat_text(&msgs);
+    // The cache compares what was said, not the chat template's boilerplate around it.
+    if let Some(k) = g.cache_key.as_mut() {
+        k.1 = g.reference_input.clone();
+    }
     if route.is_some() {
         return route_chat(st.clone(), w, g, v).await;
     }

@@ -456,8 +456,14 @@ pub fn calibrate(
         .cloned();
     // Thresholds are printable and valid in a route file: −∞ (never escalate) becomes the
     // lowest confidence seen (nothing is below it), +∞ (always) a little above the highest.
-    let lo = cases.iter().map(|c| c.confidence).fold(f64::INFINITY, f64::min);
-    let hi = cases.iter().map(|c| c.confidence).fold(f64::NEG_INFINITY, f64::max);
+    let lo = cases
+        .iter()
+        .map(|c| c.confidence)
+        .fold(f64::INFINITY, f64::min);
+    let hi = cases
+        .iter()
+        .map(|c| c.confidence)
+        .fold(f64::NEG_INFINITY, f64::max);
     let finite = |t: f64| {
         if t == f64::NEG_INFINITY {
             lo
