@@ -301,6 +301,19 @@ fn max_tokens_beyond_the_context_window_is_refused() {
 }
 
 #[test]
+fn a_generation_past_the_time_limit_stops_with_what_it_has() {
+    let s = Server::start(&["--model", "smollm2", "--timeout", "0.4"]);
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("smollm2", "Write a long story about a lighthouse.", 400),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(n > 0 && n < 400, "{v}");
+}
+
+#[test]
 fn auth_and_a_full_queue_get_401_and_429() {
     let s = Server::start(&[
         "--model",

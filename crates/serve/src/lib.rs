@@ -296,3 +296,70 @@ pub async fn run(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServeConfig {
+        let pricing = Pricing::new(
+            &frugal_cost::Catalog::builtin(),
+            &frugal_cost::hardware::Profiles::builtin(),
+            "gpt-4o",
+            "text-embedding-3-small",
+            None,
+        )
+        .unwrap();
+        ServeConfig {
+            models: vec![],
+            classifiers: vec![],
+            api_key: None,
+            queue: 4,
+            max_batch: 4,
+            batch_wait: Duration::from_millis(1),
+            max_body_bytes: 1 << 20,
+            max_tokens: 16,
+            timeout: Duration::from_secs(5),
+            pricing,
+            route: None,
+            cache: None,
+        }
+    }
+
+    /// Until the models are loaded, /health and the API answer 503 (the API with an OpenAI
+    /// error object); once loaded, /health answers 200.
+    #[tokio::test]
+    async fn health_is_503_while_loading() {
+        let state = AppState::new(config());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let r = http
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let r = http
+            .get(format!("http://{addr}/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "loading");
+        let _ = state.loaded.set(Loaded {
+            chat: BTreeMap::new(),
+            encoders: BTreeMap::new(),
+            classifiers: BTreeMap::new(),
+        });
+        let r = http
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
