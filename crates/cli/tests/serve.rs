@@ -476,16 +476,20 @@ fn the_router_escalates_what_the_local_model_is_unsure_of() {
         "sk-up",
     ]);
     std::env::set_var("FRUGAL_TEST_UPSTREAM_KEY", "sk-up");
+    // The front server: SmolLM2 and the toy classifier behind `frugal-router`.
+    let front = |route: &Path| {
+        Server::start(&[
+            "--model",
+            "smollm2",
+            "--classifier",
+            &clf_arg,
+            "--route",
+            route.to_str().unwrap(),
+        ])
+    };
     // Threshold 0 on the mean log-probability and 1 on the margin: everything goes upstream.
     let all_up = route_file(dir.path(), &up.url, 0.0, 1.0);
-    let s = Server::start(&[
-        "--model",
-        "smollm2",
-        "--classifier",
-        &clf_arg,
-        "--route",
-        all_up.to_str().unwrap(),
-    ]);
+    let s = front(&all_up);
     let (c, v) = s.post(
         "/v1/chat/completions",
         &chat_body("frugal-router", "Name a colour.", 8),
@@ -508,14 +512,7 @@ fn the_router_escalates_what_the_local_model_is_unsure_of() {
     drop(s);
     // A threshold no answer falls below: the local models answer everything.
     let all_local = route_file(dir.path(), &up.url, -100.0, 0.0);
-    let s = Server::start(&[
-        "--model",
-        "smollm2",
-        "--classifier",
-        &clf_arg,
-        "--route",
-        all_local.to_str().unwrap(),
-    ]);
+    let s = front(&all_local);
     let (c, v) = s.post(
         "/v1/chat/completions",
         &chat_body("frugal-router", "Name a colour.", 8),
@@ -597,14 +594,7 @@ fn the_router_escalates_what_the_local_model_is_unsure_of() {
     // The upstream's key is required: a wrong one is a 502 that names the upstream.
     std::env::set_var("FRUGAL_TEST_UPSTREAM_KEY", "sk-wrong");
     drop(s);
-    let s = Server::start(&[
-        "--model",
-        "smollm2",
-        "--classifier",
-        &clf_arg,
-        "--route",
-        all_up.to_str().unwrap(),
-    ]);
+    let s = front(&all_up);
     let (c, v) = s.post(
         "/v1/classify",
         &json!({"model": "frugal-router", "input": ["I ate a kiwi"]}).to_string(),
