@@ -442,6 +442,8 @@ fn classification_is_batched_across_requests_and_priced() {
         "frugal_reference_cost_usd_total",
         "frugal_tokens_total",
         "frugal_request_duration_seconds_bucket",
+        "frugal_savings_ratio 0.9",
+        "frugal_savings_usd{model=\"toy\"}",
     ] {
         assert!(m.contains(family), "{family} not in {m}");
     }
@@ -688,36 +690,57 @@ fn the_semantic_cache_reuses_answers_but_not_for_a_negation() {
 #[test]
 fn shutdown_finishes_the_streams_in_flight() {
     let s = Server::start(&["--model", "smollm2"]);
-    let url = s.url.clone();
-    let h = std::thread::spawn(move || {
-        let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
-                          "temperature": 0, "max_tokens": 120, "stream": true}).to_string();
-        curl(
-            &[
-                "-sN",
-                "-X",
-                "POST",
-                "--data-binary",
-                "@-",
-                &format!("{url}/v1/chat/completions"),
-            ],
-            Some(body.as_bytes()),
-        )
-    });
-    std::thread::sleep(Duration::from_millis(600));
+    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
+                      "temperature": 0, "max_tokens": 120, "stream": true}).to_string();
+    let mut c = Command::new("curl")
+        .args([
+            "-sN",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+            &format!("{}/v1/chat/completions", s.url),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+    // Wait for the first generated text: the stream is now in flight.
+    let mut seen = vec![];
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.contains("\"content\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
     let pid = s.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let (code, body) = h.join().unwrap();
-    assert_eq!(code, 200);
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let rest: Vec<String> = lines
+        .map(|l| l.unwrap())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(c.wait().unwrap().success());
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("data: [DONE]"),
+        "{seen:?} {rest:?}"
+    );
+    let chunks = rest.iter().filter(|l| l.contains("\"content\"")).count();
+    assert!(chunks >= 5, "the stream went on after the signal: {rest:?}");
     let mut s = s;
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(s.log().contains("shutting down"), "{}", s.log());
+    // It stopped listening.
+    assert_ne!(s.get("/health").0, 200);
 }
 
 #[test]

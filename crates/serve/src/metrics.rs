@@ -58,6 +58,11 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub cost_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pub reference_cost_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// Reference cost minus cost, per model (a router's upstream answers count as negative).
+    pub savings_usd: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    /// 1 − all costs ÷ all reference costs so far.
+    pub savings_ratio: Gauge<f64, AtomicU64>,
+    totals: std::sync::Mutex<(f64, f64)>,
     pub queue_depth: Family<ModelLabels, Gauge>,
     pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     pub cache: Family<CacheLabels, Counter>,
@@ -101,6 +106,18 @@ impl Metrics {
             "reference_cost_usd",
             "What the reference hosted model would have charged for the same responses",
             reference_cost_usd.clone(),
+        );
+        let savings_usd = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "savings_usd",
+            "Reference cost minus the cost here, per model (upstream answers count against it)",
+            savings_usd.clone(),
+        );
+        let savings_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "savings_ratio",
+            "1 - total cost here / total reference cost (0.95: 95% cheaper than the reference)",
+            savings_ratio.clone(),
         );
         let queue_depth = Family::<ModelLabels, Gauge>::default();
         registry.register(
@@ -155,6 +172,9 @@ impl Metrics {
             tokens,
             cost_usd,
             reference_cost_usd,
+            savings_usd,
+            savings_ratio,
+            totals: std::sync::Mutex::new((0.0, 0.0)),
             queue_depth,
             batch_size,
             cache,
@@ -180,6 +200,13 @@ impl Metrics {
         };
         self.cost_usd.get_or_create(&l).inc_by(cost);
         self.reference_cost_usd.get_or_create(&l).inc_by(reference);
+        self.savings_usd.get_or_create(&l).inc_by(reference - cost);
+        let mut t = self.totals.lock().expect("metrics lock");
+        t.0 += cost;
+        t.1 += reference;
+        if t.1 > 0.0 {
+            self.savings_ratio.set(1.0 - t.0 / t.1);
+        }
     }
 
     /// The text exposition.
