@@ -278,7 +278,7 @@ fn train_pool(data: &str, fields: &FieldArgs, quiet: bool) -> Result<Vec<Example
 
 /// Runs SetFit on `shots` into `out`, with quiet defaults shared by `fewshot` and `curve`.
 #[allow(clippy::too_many_arguments)]
-fn run_setfit(
+pub(crate) fn run_setfit(
     base: &Path,
     base_name: &str,
     shots: &[Example],

@@ -14,6 +14,7 @@ mod fed_cmd;
 mod fewshot_cmd;
 mod generate;
 mod io;
+mod report;
 mod serve_cmd;
 mod tco_cmd;
 mod tokenize;
@@ -83,6 +84,9 @@ enum Command {
     /// Serve local models behind an OpenAI-compatible HTTP API, with costs per response, a
     /// cascade router and a semantic cache.
     Serve(Box<serve_cmd::ServeArgs>),
+    /// Run the cheaper alternatives on a labelled task and compare their quality and cost per
+    /// 1,000 requests with a hosted reference (first version: see README).
+    Report(Box<report::ReportArgs>),
     /// The cascade router: calibrate its threshold from labelled data.
     #[command(subcommand)]
     Route(serve_cmd::RouteCmd),
@@ -205,6 +209,7 @@ fn main() {
         Command::Fed(c) => fed_cmd::run(c, &ctx),
         Command::Serve(a) => serve_cmd::serve_cmd(*a, &ctx),
         Command::Route(c) => serve_cmd::route_cmd(c, &ctx),
+        Command::Report(a) => report::report_cmd(*a, &ctx),
     };
     if let Err(e) = result {
         // A reader that went away (`frugal generate … | head`) is not an error of ours.
