@@ -242,3 +242,120 @@ pub fn human(v: f64) -> String {
         format!("{v:.0}")
     }
 }
+
+/// Alternatives on cost (log axis) against accuracy, the Pareto frontier joining those no other
+/// beats on both, and the reference's cost as a vertical line. Returns the SVG text.
+pub fn cost_quality_svg(
+    points: &[(String, f64, f64)],
+    reference: Option<(String, f64)>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let costs = points
+            .iter()
+            .map(|p| p.1)
+            .chain(reference.iter().map(|r| r.1));
+        let lo = costs.clone().fold(f64::INFINITY, f64::min).max(1e-9) / 3.0;
+        let hi = costs.fold(0.0, f64::max).max(lo * 10.0) * 3.0;
+        let y0 = (points.iter().map(|p| p.2).fold(1.0, f64::min) - 0.05).max(0.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("quality against cost", ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((lo..hi).log_scale(), y0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("USD per 1,000 requests (log)")
+            .y_desc("accuracy")
+            .x_label_formatter(&|x| format!("${x:.0e}"))
+            .draw()?;
+        // The frontier: by cost, each point more accurate than every cheaper one.
+        let mut sorted: Vec<&(String, f64, f64)> = points.iter().collect();
+        sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut frontier = vec![];
+        let mut best = f64::NEG_INFINITY;
+        for p in sorted {
+            if p.2 > best {
+                best = p.2;
+                frontier.push((p.1, p.2));
+            }
+        }
+        let c = COLORS[0];
+        chart
+            .draw_series(LineSeries::new(frontier, c.stroke_width(2)))?
+            .label("Pareto frontier")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart.draw_series(points.iter().map(|(name, cost, acc)| {
+            EmptyElement::at((*cost, *acc))
+                + Circle::new((0, 0), 5, COLORS[1].filled())
+                + Text::new(name.clone(), (7, -12), ("sans-serif", 13))
+        }))?;
+        if let Some((name, cost)) = reference {
+            let r = COLORS[2];
+            chart
+                .draw_series(LineSeries::new(
+                    [(cost, y0), (cost, 1.0)],
+                    r.stroke_width(2),
+                ))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], r.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// One horizontal bar per alternative: USD per 1,000 requests on a log axis. Returns the SVG.
+pub fn cost_bars_svg(items: &[(String, f64)]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let n = items.len().max(1);
+        let root = SVGBackend::with_string(&mut svg, (760, 80 + 40 * n as u32)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let lo = items
+            .iter()
+            .map(|i| i.1)
+            .fold(f64::INFINITY, f64::min)
+            .max(1e-9)
+            / 3.0;
+        let hi = items.iter().map(|i| i.1).fold(0.0, f64::max).max(lo * 10.0) * 3.0;
+        let names: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption("USD per 1,000 requests (log)", ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(30)
+            .y_label_area_size(110)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..n as f64)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = y.floor() as usize;
+                if (y - i as f64 - 0.5).abs() < 0.01 {
+                    names.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_formatter(&|x| format!("${x:.0e}"))
+            .draw()?;
+        chart.draw_series(items.iter().enumerate().map(|(i, (_, v))| {
+            Rectangle::new(
+                [(lo, i as f64 + 0.2), (*v, i as f64 + 0.8)],
+                COLORS[i % COLORS.len()].filled(),
+            )
+        }))?;
+        root.present()?;
+    }
+    Ok(svg)
+}

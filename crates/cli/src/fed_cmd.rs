@@ -26,6 +26,13 @@ pub enum FedCmd {
     Simulate(Box<SimulateArgs>),
 }
 
+/// `fed simulate`'s flags parsed from a list (for `frugal report`).
+#[derive(clap::Parser)]
+pub(crate) struct SimulateFlags {
+    #[command(flatten)]
+    pub args: SimulateArgs,
+}
+
 #[derive(Args)]
 pub struct SimulateArgs {
     /// The encoder every node starts from (minilm, or a folder).
@@ -123,11 +130,13 @@ pub struct SimulateArgs {
 
 pub fn run(c: FedCmd, ctx: &Ctx) -> Result<()> {
     match c {
-        FedCmd::Simulate(a) => simulate_cmd(*a, ctx),
+        FedCmd::Simulate(a) => simulate_cmd(*a, ctx, true).map(|_| ()),
     }
 }
 
-fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
+/// Runs a simulation; prints its table (or JSON with --json) when `print`, and returns the summary
+/// (final accuracies, bytes, the model's folder) for callers such as `frugal report`.
+pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<serde_json::Value> {
     if let Some(c) = &a.chart {
         if c.extension().is_none_or(|e| e != "svg") {
             bail!("--chart {}: name the chart *.svg", c.display());
@@ -429,9 +438,9 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
         "secure_aggregation_threshold": cfg.secure,
         "model": a.out.join("model"),
     });
-    if a.json {
+    if print && a.json {
         println!("{summary}");
-    } else {
+    } else if print {
         let mut t = crate::io::table([
             "round",
             "nodes",
@@ -512,7 +521,7 @@ fn simulate_cmd(a: SimulateArgs, ctx: &Ctx) -> Result<()> {
             println!("chart: {}", path.display());
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 impl SimulateArgs {

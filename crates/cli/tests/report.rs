@@ -86,6 +86,14 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
         let acc = format!("{:.4}", r["accuracy"].as_f64().unwrap());
         assert!(md.contains(&acc), "{acc} not in {md}");
     }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 2, "two charts");
+    for r in rows
+        .iter()
+        .filter(|r| r["status"] == "done" && r["accuracy"].is_number())
+    {
+        assert!(html.contains(&format!("{:.4}", r["accuracy"].as_f64().unwrap())));
+    }
     let on_disk: Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(on_disk["rows"], v["rows"]);
@@ -93,7 +101,7 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
     let again = frugal().args(args).output().unwrap();
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(stderr.matches("already computed").count(), 6, "{stderr}");
+    assert_eq!(stderr.matches("already computed").count(), 7, "{stderr}");
     let w: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(w["rows"], v["rows"]);
 }
