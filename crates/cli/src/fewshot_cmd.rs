@@ -21,7 +21,7 @@ use frugal_train::metrics::{evaluate, Metrics};
 use frugal_train::trainer::TrainConfig;
 use std::path::{Path, PathBuf};
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((l, d)) if !l.trim().is_empty() => Ok((l.trim().into(), d.into())),
         _ => Err(format!(

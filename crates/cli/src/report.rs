@@ -55,6 +55,10 @@ pub struct ReportArgs {
     reference_answers: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "quick")]
     budget: Budget,
+    /// Zero-shot label descriptions, NAME="description" (repeatable; a label given again gets
+    /// another description). Default: built-in ones for spamassassin, else the label names.
+    #[arg(long = "label", value_parser = crate::fewshot_cmd::parse_label)]
+    labels: Vec<(String, String)>,
     /// The encoder every local alternative starts from.
     #[arg(long, default_value = "minilm")]
     base: String,
@@ -219,6 +223,16 @@ fn load_task(a: &ReportArgs, quiet: bool) -> Result<Task> {
 
 pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     let task = load_task(&a, ctx.quiet)?;
+    if let Some(l) = task
+        .labels
+        .iter()
+        .find(|l| !a.labels.is_empty() && !a.labels.iter().any(|p| p.0 == **l))
+    {
+        bail!(
+            "--label: no description for the label `{l}`; give one for every label ({})",
+            task.labels.join(", ")
+        );
+    }
     let catalog = a.sources.catalog()?;
     let profiles = a.sources.profiles()?;
     let pricing = Pricing::new(
@@ -261,7 +275,10 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         "federated",
     ];
     for name in names {
-        let key = format!("{name}|{common}|{}", a.reference);
+        let key = match name {
+            "zeroshot" => format!("{name}|{common}|{:?}", a.labels),
+            _ => format!("{name}|{common}|{}", a.reference),
+        };
         let file = rows_dir.join(format!("{name}.json"));
         if let Some(r) = std::fs::read(&file)
             .ok()
@@ -462,7 +479,22 @@ fn zeroshot_row(
     quiet: bool,
 ) -> Result<Row> {
     let enc = frugal_models::encoder::Encoder::load(base)?;
-    let desc = LabelDescriptions::from_pairs(&descriptions(&a.task_name(), &task.labels))?;
+    let pairs = if a.labels.is_empty() {
+        descriptions(&a.task_name(), &task.labels)
+    } else {
+        a.labels.clone()
+    };
+    if let Some(l) = task
+        .labels
+        .iter()
+        .find(|l| !pairs.iter().any(|p| p.0 == **l))
+    {
+        bail!(
+            "--label: no description for the label `{l}`; give one for every label ({})",
+            task.labels.join(", ")
+        );
+    }
+    let desc = LabelDescriptions::from_pairs(&pairs)?;
     let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
     let pb = progress(texts.len() as u64, quiet, "zero-shot");
     let probs = zero_shot(&enc, &texts, &desc, 0.05, &mut |d| {
