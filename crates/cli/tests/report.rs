@@ -61,7 +61,14 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
             .starts_with("skipped: a label has only 7"),
         "{setfit}"
     );
-    for name in ["zeroshot", "transfer", "finetune", "distilled"] {
+    for name in [
+        "zeroshot",
+        "transfer",
+        "finetune",
+        "distilled",
+        "chat",
+        "chat-fewshot",
+    ] {
         let r = row(name);
         assert_eq!(r["status"], "done", "{r}");
         let cost = r["usd_per_1k"].as_f64().unwrap();
@@ -101,7 +108,7 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
     let again = frugal().args(args).output().unwrap();
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(stderr.matches("already computed").count(), 7, "{stderr}");
+    assert_eq!(stderr.matches("already computed").count(), 9, "{stderr}");
     let w: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(w["rows"], v["rows"]);
 }
