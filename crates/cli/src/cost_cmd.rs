@@ -34,6 +34,23 @@ impl SourcesArgs {
         )?)
     }
 
+    /// Prices for costing responses against `reference` (embeddings against
+    /// text-embedding-3-small), this machine at `usd_per_hour` or its profile's price.
+    pub fn pricing(
+        &self,
+        reference: &str,
+        usd_per_hour: Option<f64>,
+    ) -> Result<frugal_serve::pricing::Pricing> {
+        frugal_serve::pricing::Pricing::new(
+            &self.catalog()?,
+            &self.profiles()?,
+            reference,
+            "text-embedding-3-small",
+            usd_per_hour,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     pub fn profiles(&self) -> Result<Profiles> {
         Ok(Profiles::load(
             Some(&frugal_home().join("hardware.toml")),

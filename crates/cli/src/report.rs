@@ -236,25 +236,8 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             task.labels.join(", ")
         );
     }
-    let catalog = a.sources.catalog()?;
-    let profiles = a.sources.profiles()?;
-    let pricing = Pricing::new(
-        &catalog,
-        &profiles,
-        &a.reference,
-        "text-embedding-3-small",
-        a.usd_per_hour,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let base = match resolve_model(&a.base, &store(ctx.quiet))
-        .with_context(|| format!("--base {}", a.base))?
-    {
-        ModelPath::HfDir(d) => d,
-        ModelPath::Gguf(p) => bail!(
-            "--base {}: needs an encoder (minilm, a folder), not a GGUF chat model",
-            p.display()
-        ),
-    };
+    let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
+    let base = resolve_base(&a, ctx.quiet)?;
     let rows_dir = a.out.join("rows");
     std::fs::create_dir_all(&rows_dir)
         .with_context(|| format!("creating {}", rows_dir.display()))?;
@@ -581,25 +564,17 @@ fn distilled_row(a: &ReportArgs, task: &Task, pricing: &Pricing, quiet: bool) ->
     };
     crate::train_cmd::run_training(&spec, quiet, "distilling")?;
     let train_secs = t0.elapsed().as_secs_f64();
-    let (clf, _) = Classifier::load(&dir)?;
-    let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
-    let probs = clf.predict(&texts, 32)?;
-    let lat = latency(
-        &mut |t| clf.predict(&[t], 1).map(|_| ()).map_err(Into::into),
-        &task.test,
-    )?;
     let what = format!(
         "knowledge distillation: layers {keep:?} of the fine-tuned model, trained on its probabilities (T = 2, α = 0.5) and the labels, {epochs} epochs"
     );
-    Ok(measured_row(
+    classifier_row(
         "distilled",
         what,
+        &dir,
         task,
         pricing,
-        &probs,
-        lat,
         (Some(train_secs), task.train.len()),
-    ))
+    )
 }
 
 /// Federated training simulated over 5 nodes with Dirichlet(0.5) label skew (FedAvgM, head
@@ -660,26 +635,18 @@ fn federated_row(a: &ReportArgs, task: &Task, pricing: &Pricing, ctx: &Ctx) -> R
     };
     crate::fed_cmd::simulate_cmd(flags.args, &quiet, false)?;
     let train_secs = t0.elapsed().as_secs_f64();
-    let (clf, _) = Classifier::load(&dir.join("model"))?;
-    let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
-    let probs = clf.predict(&texts, 32)?;
-    let lat = latency(
-        &mut |t| clf.predict(&[t], 1).map(|_| ()).map_err(Into::into),
-        &task.test,
-    )?;
     let what = format!(
         "federated: 5 simulated nodes with skewed label mixes (Dirichlet 0.5) train a head on frozen {} embeddings, {rounds} rounds of FedAvgM; no node shares its data",
         a.base
     );
-    Ok(measured_row(
+    classifier_row(
         "federated",
         what,
+        &dir.join("model"),
         task,
         pricing,
-        &probs,
-        lat,
         (Some(train_secs), task.train.len()),
-    ))
+    )
 }
 
 /// The local chat model as a classifier: `chat` scores each label by how likely the text is
@@ -959,22 +926,34 @@ fn trained_row(
         other => bail!("unknown alternative {other}"),
     };
     let train_secs = t0.elapsed().as_secs_f64();
-    let (clf, _) = Classifier::load(&dir)?;
+    classifier_row(
+        name,
+        what,
+        &dir,
+        task,
+        pricing,
+        (Some(train_secs), train_examples),
+    )
+}
+
+/// A row for the classifier checkpoint in `dir`: scored on the test texts, its single-request
+/// latency measured.
+fn classifier_row(
+    name: &str,
+    what: String,
+    dir: &Path,
+    task: &Task,
+    pricing: &Pricing,
+    train: (Option<f64>, usize),
+) -> Result<Row> {
+    let (clf, _) = Classifier::load(dir)?;
     let texts: Vec<&str> = task.test.iter().map(|e| e.text.as_str()).collect();
     let probs = clf.predict(&texts, 32)?;
     let lat = latency(
         &mut |t| clf.predict(&[t], 1).map(|_| ()).map_err(Into::into),
         &task.test,
     )?;
-    Ok(measured_row(
-        name,
-        what,
-        task,
-        pricing,
-        &probs,
-        lat,
-        (Some(train_secs), train_examples),
-    ))
+    Ok(measured_row(name, what, task, pricing, &probs, lat, train))
 }
 
 impl ReportArgs {

@@ -485,16 +485,7 @@ fn cases(
 }
 
 fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
-    let catalog = a.sources.catalog()?;
-    let profiles = a.sources.profiles()?;
-    let pricing = Pricing::new(
-        &catalog,
-        &profiles,
-        &a.reference,
-        "text-embedding-3-small",
-        a.usd_per_hour,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
     let (clf, _) = Classifier::load(&a.classifier)
         .with_context(|| format!("--classifier {}", a.classifier.display()))?;
     let (cs, local_secs, up_usd) = cases(
