@@ -178,3 +178,36 @@ pub fn table<T: Into<comfy_table::Cell>>(
     t.set_header(header);
     t
 }
+
+/// Recorded answers of a model on labelled texts: JSONL lines with the text field and `label`
+/// (e.g. a hosted model's answers, or `frugal route record`), as text → label. `flag` names the
+/// option in errors; a line without both fields is an error naming it.
+pub fn read_answers(
+    path: &std::path::Path,
+    text_field: &str,
+    flag: &str,
+) -> Result<std::collections::HashMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))?;
+    let mut m = std::collections::HashMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        let (Some(t), Some(l)) = (
+            v.get(text_field).and_then(|t| t.as_str()),
+            v.get("label").and_then(|l| l.as_str()),
+        ) else {
+            bail!(
+                "{} line {}: needs the text field `{text_field}` and `label`",
+                path.display(),
+                i + 1
+            );
+        };
+        m.insert(t.to_string(), l.to_string());
+    }
+    Ok(m)
+}

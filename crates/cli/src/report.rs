@@ -368,22 +368,8 @@ fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> 
     }
     let (accuracy, macro_f1) = match &a.reference_answers {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("--reference-answers {}", p.display()))?;
-            let mut answers = std::collections::HashMap::new();
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {}: not JSON", p.display(), i + 1))?;
-                if let (Some(t), Some(l)) =
-                    (v[&a.fields.fields().text].as_str(), v["label"].as_str())
-                {
-                    answers.insert(t.to_string(), l.to_string());
-                }
-            }
+            let answers =
+                crate::io::read_answers(p, &a.fields.fields().text, "--reference-answers")?;
             let covered: Vec<&Example> = task
                 .test
                 .iter()

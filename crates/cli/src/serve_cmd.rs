@@ -421,35 +421,9 @@ fn cases(
     quiet: bool,
 ) -> Result<(Vec<Case>, f64, f64)> {
     let examples = labelled(data, &a.fields, quiet)?;
-    let recorded: Option<HashMap<String, String>> = match answers {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("--upstream-answers {}", p.display()))?;
-            let mut m = HashMap::new();
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {}: not JSON", p.display(), i + 1))?;
-                let (Some(t), Some(l)) = (
-                    v.get(a.fields.fields().text).and_then(|t| t.as_str()),
-                    v.get("label").and_then(|l| l.as_str()),
-                ) else {
-                    bail!(
-                        "{} line {}: needs the text field `{}` and `label`",
-                        p.display(),
-                        i + 1,
-                        a.fields.fields().text
-                    );
-                };
-                m.insert(t.to_string(), l.to_string());
-            }
-            Some(m)
-        }
-        None => None,
-    };
+    let recorded: Option<HashMap<String, String>> = answers
+        .map(|p| crate::io::read_answers(p, &a.fields.fields().text, "--upstream-answers"))
+        .transpose()?;
     let refs: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let t0 = std::time::Instant::now();
     let probs = clf.predict(&refs, 32)?;

@@ -196,19 +196,10 @@ fn with_headers(mut r: Response, answered_by: &str, cache: Option<&str>) -> Resp
     if let Ok(v) = HeaderValue::from_str(answered_by) {
         r.headers_mut().insert("x-frugal-model", v);
     }
-    if let Some(c) = cache {
-        r.headers_mut()
-            .insert("x-frugal-cache", HeaderValue::from_static(static_str(c)));
+    if let Some(v) = cache.and_then(|c| HeaderValue::from_str(c).ok()) {
+        r.headers_mut().insert("x-frugal-cache", v);
     }
     r
-}
-
-fn static_str(s: &str) -> &'static str {
-    match s {
-        "hit" => "hit",
-        "guarded" => "guarded",
-        _ => "miss",
-    }
 }
 
 // ---------- generation ----------
@@ -363,7 +354,7 @@ fn prepare(
     let seed = s
         .seed
         .unwrap_or_else(|| st.next_id.load(Ordering::Relaxed) ^ unix_now());
-    let cache_key = st.cfg.cache.as_ref().filter(|_| true).map(|_| {
+    let cache_key = st.cfg.cache.as_ref().map(|_| {
         (
             format!(
                 "{model}|{kind}|{max}|{temperature}|{top_p}|{stop:?}",
