@@ -76,8 +76,20 @@ pub fn learning_curve(
     refs: &[(String, f64)],
     path: &Path,
 ) -> Result<()> {
-    atomically(path, |tmp| {
-        let root = SVGBackend::new(tmp, (760, 480)).into_drawing_area();
+    let svg = learning_curve_svg(title, "few-shot (mean over seeds)", points, refs)?;
+    crate::io::write_atomic(path, svg.as_bytes())
+}
+
+/// The learning curve as an SVG string (`series` names the line).
+pub fn learning_curve_svg(
+    title: &str,
+    series: &str,
+    points: &[CurvePoint],
+    refs: &[(String, f64)],
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
         root.fill(&WHITE)?;
         let xs: Vec<f64> = points.iter().map(|p| (p.shots as f64).log2()).collect();
         let (x0, x1) = (
@@ -112,7 +124,7 @@ pub fn learning_curve(
                 points.iter().zip(&xs).map(|(p, &x)| (x, p.mean)),
                 c.stroke_width(2),
             ))?
-            .label("few-shot (mean over seeds)")
+            .label(series)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
         chart.draw_series(
             points
@@ -122,8 +134,8 @@ pub fn learning_curve(
         )?;
         reference_lines(&mut chart, refs, x0, x1)?;
         root.present()?;
-        Ok(())
-    })
+    }
+    Ok(svg)
 }
 
 /// Accuracy per federated round as a line, with horizontal reference lines (centralised).

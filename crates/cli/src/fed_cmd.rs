@@ -119,6 +119,10 @@ pub struct SimulateArgs {
     /// Skip the centralised baseline.
     #[arg(long)]
     no_centralised: bool,
+    /// Where head mode keeps the nodes' embeddings between runs (default: the cache under
+    /// FRUGAL_HOME).
+    #[arg(long, hide = true)]
+    embedding_cache: Option<PathBuf>,
     /// Accuracy per round against centralised, as an SVG chart.
     #[arg(long)]
     chart: Option<PathBuf>,
@@ -259,7 +263,10 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
 
     // Each node: its own train/validation split, prepared once.
     let mut learner = Learner::new(&base, labels.clone(), mode, a.max_len, a.seed)?;
-    let cache = frugal_models::assets::frugal_home().join("cache/embeddings");
+    let cache = a
+        .embedding_cache
+        .clone()
+        .unwrap_or_else(|| frugal_models::assets::frugal_home().join("cache/embeddings"));
     // The base weights' sha256: the embedding cache key, the resume fingerprint, the checkpoint.
     let base_sha = frugal_models::assets::sha256_file(&base.join("model.safetensors"))?;
     let pb = progress(a.nodes as u64, ctx.quiet, "preparing node data");

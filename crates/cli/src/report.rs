@@ -1,12 +1,12 @@
 //! `frugal report`: runs the cheaper alternatives on a labelled task and sets their quality and
 //! cost per 1,000 requests beside the hosted reference's.
 //!
-//! This first version covers the hosted reference, zero-shot (encoder), transfer learning (head),
-//! few-shot SetFit, full fine-tuning, a student distilled from the fine-tuned model and federated
-//! training over 5 simulated non-IID nodes, and the local chat model (SmolLM2) prompted directly
-//! and with in-context examples, writes `report.md` and `report.json`, and resumes from
-//! the rows already computed. Still to come (issue 9): in-context few-shot and the chat model
-//! the few-shot learning curve and costs on a named cloud instance.
+//! The alternatives: the hosted reference (catalog price × real token counts), zero-shot
+//! (encoder), transfer learning (head), few-shot SetFit, full fine-tuning, a student distilled
+//! from the fine-tuned model, federated training over 5 simulated non-IID nodes, and the local
+//! chat model (SmolLM2) prompted directly and with in-context examples; plus the few-shot
+//! learning curve. Writes `report.md`, `report.html` (charts) and `report.json`; every row is
+//! kept under `rows/` keyed by its inputs, so an interrupted run resumes where it stopped.
 
 use crate::data_cmd::FieldArgs;
 use crate::io::{progress, store, write_atomic};
@@ -28,7 +28,7 @@ use std::time::Instant;
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Budget {
     /// Subsampled to finish in about 10 minutes on 2 cores: 800 training, 200 validation and 400
-    /// test examples; full fine-tuning one epoch on 400; the chat model on 80 test texts (40 in
+    /// test examples; full fine-tuning one epoch on 400; the chat model on 80 test texts (32 in
     /// context).
     Quick,
     /// The whole task.
@@ -66,8 +66,14 @@ pub struct ReportArgs {
     base: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Price this machine at this many USD per hour (default: per vCPU like the hardware
+    /// profile it is matched with).
     #[arg(long, value_parser = crate::non_negative_f64)]
     usd_per_hour: Option<f64>,
+    /// A CPU cloud instance from the hardware profiles (`frugal cost --explain` lists them) to
+    /// price every measured second on as well (default: the one this machine is priced like).
+    #[arg(long)]
+    instance: Option<String>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -88,12 +94,68 @@ pub struct Row {
     pub cost_basis: String,
     pub latency_p50_ms: Option<f64>,
     pub latency_p95_ms: Option<f64>,
+    /// Mean single-request latency measured here (the basis of the measured costs).
+    #[serde(default)]
+    pub request_seconds: Option<f64>,
     pub train_seconds: Option<f64>,
     pub train_usd: Option<f64>,
     pub test_examples: usize,
     pub train_examples: usize,
+    /// Wall time of computing the row (training, scoring and timing), seconds.
+    #[serde(default)]
+    pub wall_seconds: f64,
     /// Inputs that make the row what it is; a rerun recomputes a row whose key changed.
     pub key: String,
+}
+
+/// What the measured seconds cost on a named cloud CPU instance: core-seconds used here × its
+/// per-vCPU price, plus its per-vCPU power draw at the profile's electricity price.
+struct Instance {
+    name: String,
+    usd_per_vcpu_hour: f64,
+    watts_per_vcpu: f64,
+    energy: frugal_cost::hardware::Energy,
+    source: String,
+    cores_here: f64,
+}
+
+impl Instance {
+    fn usd(&self, secs: f64) -> f64 {
+        let core_secs = secs * self.cores_here;
+        let kwh = self.watts_per_vcpu * core_secs * self.energy.pue / 3.6e6;
+        core_secs * self.usd_per_vcpu_hour / 3600.0 + kwh * self.energy.usd_per_kwh
+    }
+}
+
+/// The `--instance` profile (default: the one this machine is priced like); GPU profiles are
+/// refused, as CPU seconds say nothing about a GPU's.
+fn instance(a: &ReportArgs, ctx: &Ctx) -> Result<Instance> {
+    let profiles = a.sources.profiles()?;
+    let name = a.instance.clone().unwrap_or(profiles.local_like.clone());
+    let m = profiles
+        .machine(&name)
+        .map_err(|e| anyhow::anyhow!("--instance: {e}"))?;
+    if m.kind != "cpu" {
+        bail!(
+            "--instance {name}: a {} profile; these alternatives run on CPU here, so name a CPU profile ({})",
+            m.kind,
+            profiles
+                .machines
+                .iter()
+                .filter(|(_, m)| m.kind == "cpu")
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(Instance {
+        name: name.clone(),
+        usd_per_vcpu_hour: m.usd_per_hour / m.vcpus as f64,
+        watts_per_vcpu: m.watts / m.vcpus as f64,
+        energy: profiles.energy.clone(),
+        source: m.source.clone(),
+        cores_here: ctx.threads as f64,
+    })
 }
 
 const PROMPT: &str =
@@ -237,12 +299,13 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         );
     }
     let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
+    let instance = instance(&a, ctx)?;
     let base = resolve_base(&a, ctx.quiet)?;
     let rows_dir = a.out.join("rows");
     std::fs::create_dir_all(&rows_dir)
         .with_context(|| format!("creating {}", rows_dir.display()))?;
     let common = format!(
-        "{}|{}|{:?}|{}|{}|{}",
+        "v2|{}|{}|{:?}|{}|{}|{}",
         fingerprint(&task.train),
         fingerprint(&task.test),
         a.budget,
@@ -262,7 +325,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         "chat",
         "chat-fewshot",
     ];
-    for name in names {
+    for (i, name) in names.into_iter().enumerate() {
         let key = match name {
             "zeroshot" => format!("{name}|{common}|{:?}", a.labels),
             _ => format!("{name}|{common}|{}", a.reference),
@@ -283,8 +346,9 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             continue;
         }
         if !ctx.quiet {
-            eprintln!("frugal: {name} …");
+            eprintln!("frugal: [{}/{}] {name} …", i + 1, names.len());
         }
+        let t0 = Instant::now();
         let mut row = match name {
             "reference" => reference_row(&a, &task, &pricing)?,
             "zeroshot" => zeroshot_row(&a, &task, &base, &pricing, ctx.quiet)?,
@@ -294,9 +358,23 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             _ => trained_row(name, &a, &task, &base, &pricing, ctx.quiet)?,
         };
         row.key = key;
+        row.wall_seconds = t0.elapsed().as_secs_f64();
+        if !ctx.quiet {
+            eprintln!(
+                "frugal: {name}: {} in {:.0} s{}",
+                row.status,
+                row.wall_seconds,
+                match (row.accuracy, row.usd_per_1k) {
+                    (Some(q), Some(c)) => format!(": accuracy {q:.4}, ${c:.5} per 1,000 requests"),
+                    (None, Some(c)) => format!(": ${c:.5} per 1,000 requests"),
+                    _ => String::new(),
+                }
+            );
+        }
         write_atomic(&file, &serde_json::to_vec_pretty(&row)?)?;
         rows.push(row);
     }
+    let curve = curve(&a, &task, &base, &common, &rows_dir, ctx.quiet)?;
     let best = rows
         .iter()
         .filter(|r| r.name != "reference")
@@ -313,6 +391,8 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             let retained = r.accuracy.map(|acc| acc / best);
             serde_json::json!({
                 "name": r.name,
+                "instance_usd_per_1k": r.request_seconds.map(|s| instance.usd(s) * 1000.0),
+                "instance_train_usd": r.train_seconds.map(|s| instance.usd(s)),
                 "savings_vs_reference": savings,
                 "quality_retained_vs_best": retained,
                 "meets_95_97": savings.is_some_and(|s| s >= 0.95) && retained.is_some_and(|q| q >= 0.97),
@@ -327,11 +407,18 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         "test_examples": task.test.len(),
         "labels": task.labels,
         "reference": a.reference,
-        "machine": {"usd_per_hour": pricing.usd_per_hour, "basis": pricing.price_basis, "watts": pricing.watts},
+        "machine": {"usd_per_hour": pricing.usd_per_hour, "basis": pricing.price_basis, "watts": pricing.watts, "threads": ctx.threads},
+        "instance": {
+            "name": instance.name,
+            "usd_per_vcpu_hour": instance.usd_per_vcpu_hour,
+            "watts_per_vcpu": instance.watts_per_vcpu,
+            "source": instance.source,
+            "basis": format!("computed: the core-seconds measured here ({} threads × each row's seconds) at {}'s per-vCPU price and draw, assuming its cores are as fast as this machine's", ctx.threads, instance.name),
+        },
+        "learning_curve": curve,
         "best_accuracy": best,
         "rows": rows,
         "verdicts": verdicts,
-        "not_yet_covered": [ "cost on a named cloud instance"],
     });
     let md = markdown(&report, &rows, &verdicts);
     write_atomic(
@@ -355,6 +442,98 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The few-shot learning curve: transfer learning's head trained on k examples per label (a few
+/// draws each) and scored on the test texts; computed once and kept in `rows/curve.json`.
+fn curve(
+    a: &ReportArgs,
+    task: &Task,
+    base: &Path,
+    common: &str,
+    rows_dir: &Path,
+    quiet: bool,
+) -> Result<serde_json::Value> {
+    let (ks, draws): (Vec<usize>, usize) = match a.budget {
+        Budget::Quick => (vec![1, 2, 4, 8, 16, 32, 64], 3),
+        Budget::Full => (vec![1, 2, 4, 8, 16, 32, 64, 128, 256], 5),
+    };
+    let key = format!("curve|{common}|{ks:?}|{draws}");
+    let file = rows_dir.join("curve.json");
+    if let Some(v) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v["key"] == key.as_str())
+    {
+        if !quiet {
+            eprintln!(
+                "frugal: learning curve: already computed ({}), reused",
+                file.display()
+            );
+        }
+        return Ok(v);
+    }
+    if !quiet {
+        eprintln!("frugal: learning curve …");
+    }
+    let smallest = task
+        .labels
+        .iter()
+        .map(|l| task.train.iter().filter(|e| e.label == *l).count())
+        .min()
+        .unwrap_or(0);
+    let ks: Vec<usize> = ks.into_iter().filter(|&k| k <= smallest).collect();
+    let method = format!(
+        "transfer learning on k labelled examples per label: a new head on frozen {} embeddings (100 epochs, lr 0.01), {draws} random draws of the examples per k, scored on the {} test texts",
+        a.base,
+        task.test.len()
+    );
+    let t0 = Instant::now();
+    let v = if ks.is_empty() {
+        serde_json::json!({
+            "status": format!("skipped: the smallest label has {smallest} training examples"),
+            "method": method, "points": [], "key": key,
+        })
+    } else {
+        let pb = progress((ks.len() * draws) as u64, quiet, "learning curve");
+        let cfg = TrainConfig {
+            epochs: 100,
+            lr: 1e-2,
+            batch: 16,
+            weight_decay: 0.0,
+            warmup: 0.0,
+            patience: 0,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let points = frugal_train::fewshot::learning_curve(
+            &frugal_train::fewshot::CurveSpec {
+                base,
+                labels: task.labels.clone(),
+                train: &task.train,
+                test: &task.test,
+                ks: &ks,
+                draws,
+                config: cfg,
+                max_len: 128,
+            },
+            &mut |d| pb.set_position(d as u64),
+        )?;
+        pb.finish_and_clear();
+        serde_json::json!({
+            "status": "done", "method": method, "draws": draws, "points": points,
+            "wall_seconds": t0.elapsed().as_secs_f64(), "key": key,
+        })
+    };
+    if !quiet {
+        eprintln!(
+            "frugal: learning curve: {} in {:.0} s",
+            v["status"].as_str().unwrap_or(""),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    write_atomic(&file, &serde_json::to_vec_pretty(&v)?)?;
+    Ok(v)
 }
 
 fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> {
@@ -410,10 +589,12 @@ fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> 
         ),
         latency_p50_ms: None,
         latency_p95_ms: None,
+        request_seconds: None,
         train_seconds: None,
         train_usd: None,
         test_examples: task.test.len(),
         train_examples: 0,
+        wall_seconds: 0.0,
         key: String::new(),
     })
 }
@@ -438,10 +619,12 @@ fn measured_row(
         cost_basis: "measured: mean single-request latency here × this machine's price per hour, plus energy".into(),
         latency_p50_ms: Some(lat.0 * 1000.0),
         latency_p95_ms: Some(lat.1 * 1000.0),
+        request_seconds: Some(lat.2),
         train_seconds: train,
         train_usd: train.map(|s| pricing.local_usd(s)),
         test_examples: task.test.len(),
         train_examples,
+        wall_seconds: 0.0,
         key: String::new(),
     }
 }
@@ -609,6 +792,10 @@ fn federated_row(a: &ReportArgs, task: &Task, pricing: &Pricing, ctx: &Ctx) -> R
         "--server-lr",
         "1.5",
         "--no-centralised",
+        // The report's own cache: its training time includes embedding the nodes' data once,
+        // and a resumed report reuses them.
+        "--embedding-cache",
+        &a.out.join("cache").to_string_lossy(),
         "--seed",
         &seed,
         "--out",
@@ -683,7 +870,7 @@ fn chat_row(
     };
     let (n_test, n_valid) = match (a.budget, fewshot) {
         (Budget::Quick, false) => (80, 40),
-        (Budget::Quick, true) => (40, 24),
+        (Budget::Quick, true) => (32, 24),
         (Budget::Full, _) => (usize::MAX, usize::MAX),
     };
     let test = subsample(task.test.clone(), n_test, a.seed + 3);
@@ -807,10 +994,12 @@ fn empty_row(name: &str, task: &Task) -> Row {
         cost_basis: String::new(),
         latency_p50_ms: None,
         latency_p95_ms: None,
+        request_seconds: None,
         train_seconds: None,
         train_usd: None,
         test_examples: task.test.len(),
         train_examples: task.train.len(),
+        wall_seconds: 0.0,
         key: String::new(),
     }
 }
@@ -968,14 +1157,18 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
         report["machine"]["usd_per_hour"].as_f64().unwrap_or(0.0),
         report["machine"]["basis"].as_str().unwrap_or(""),
     );
-    s.push_str("| alternative | accuracy | macro-F1 | $ per 1,000 requests | savings vs reference | quality vs best | p50 / p95 latency | training | training cost |\n|---|---|---|---|---|---|---|---|---|\n");
+    let inst = report["instance"]["name"].as_str().unwrap_or("");
+    s.push_str(&format!("| alternative | accuracy | macro-F1 | $ per 1,000 requests | savings vs reference | quality vs best | p50 / p95 latency | training | training cost | $ per 1,000 on {inst} | training on {inst} |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
     for (r, v) in rows.iter().zip(verdicts) {
         if r.status != "done" {
-            s.push_str(&format!("| {} | {} | | | | | | | |\n", r.name, r.status));
+            s.push_str(&format!(
+                "| {} | {} | | | | | | | | | |\n",
+                r.name, r.status
+            ));
             continue;
         }
         s.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             if v["meets_95_97"] == true { " ✔" } else { "" },
             fmt_opt(r.accuracy, |x| format!("{x:.4}")),
@@ -995,6 +1188,8 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
             },
             fmt_opt(r.train_seconds, |x| format!("{x:.1} s")),
             fmt_opt(r.train_usd, |x| format!("${x:.5}")),
+            fmt_opt(v["instance_usd_per_1k"].as_f64(), |x| format!("${x:.5}")),
+            fmt_opt(v["instance_train_usd"].as_f64(), |x| format!("${x:.5}")),
         ));
     }
     s.push_str("\n✔ = at least 95% cheaper than the reference per 1,000 requests while keeping at least 97% of the best measured accuracy.\n\n");
@@ -1004,8 +1199,57 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
             r.name, r.what, r.cost_basis
         ));
     }
-    s.push_str("\nNot yet in this report: the few-shot learning curve and costs on a named cloud instance.\n");
+    s.push_str(&format!(
+        "- **{inst}**: {} ({})\n",
+        report["instance"]["basis"].as_str().unwrap_or(""),
+        report["instance"]["source"].as_str().unwrap_or("")
+    ));
+    let curve = &report["learning_curve"];
+    s.push_str("\n## Few-shot learning curve\n\n");
+    s.push_str(&format!(
+        "{}: {}.\n\n",
+        curve["status"].as_str().unwrap_or(""),
+        curve["method"].as_str().unwrap_or("")
+    ));
+    if let Some(points) = curve["points"].as_array().filter(|p| !p.is_empty()) {
+        s.push_str("| examples per label | accuracy (mean) | lowest – highest | macro-F1 (mean) |\n|---|---|---|---|\n");
+        for p in points {
+            s.push_str(&format!(
+                "| {} | {:.4} | {:.4} – {:.4} | {:.4} |\n",
+                p["k"],
+                p["accuracy_mean"].as_f64().unwrap_or(0.0),
+                p["accuracy_min"].as_f64().unwrap_or(0.0),
+                p["accuracy_max"].as_f64().unwrap_or(0.0),
+                p["macro_f1_mean"].as_f64().unwrap_or(0.0),
+            ));
+        }
+        s.push_str("\nFor comparison: ");
+        let refs: Vec<String> = curve_refs(rows)
+            .iter()
+            .map(|(n, q)| format!("{n} {q:.4}"))
+            .collect();
+        s.push_str(&refs.join(", "));
+        s.push_str(".\n");
+    }
     s
+}
+
+/// The rows drawn as horizontal lines on the learning curve: zero-shot, SetFit, all the
+/// training data.
+fn curve_refs(rows: &[Row]) -> Vec<(String, f64)> {
+    rows.iter()
+        .filter(|r| r.status == "done")
+        .filter_map(|r| {
+            let name = match r.name.as_str() {
+                "zeroshot" => "zero-shot".to_string(),
+                "setfit-8" => "SetFit, 8 per label".to_string(),
+                "transfer" => format!("transfer, all {} examples", r.train_examples),
+                "finetune" => format!("full fine-tuning, {} examples", r.train_examples),
+                _ => return None,
+            };
+            Some((name, r.accuracy?))
+        })
+        .collect()
 }
 
 fn esc(s: &str) -> String {
@@ -1041,25 +1285,74 @@ fn html(
         .filter_map(|r| Some((r.name.clone(), r.usd_per_1k?)))
         .collect();
     let bars = crate::chart::cost_bars_svg(&bars)?;
+    let points: Vec<crate::chart::CurvePoint> = report["learning_curve"]["points"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|p| crate::chart::CurvePoint {
+                    shots: p["k"].as_u64().unwrap_or(1) as usize,
+                    mean: p["accuracy_mean"].as_f64().unwrap_or(0.0),
+                    min: p["accuracy_min"].as_f64().unwrap_or(0.0),
+                    max: p["accuracy_max"].as_f64().unwrap_or(0.0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let curve = if points.is_empty() {
+        String::new()
+    } else {
+        crate::chart::learning_curve_svg(
+            "few-shot learning curve: accuracy against labelled examples",
+            "transfer head (mean over draws)",
+            &points,
+            &curve_refs(rows),
+        )?
+    };
     let md = markdown(report, rows, verdicts);
     // The table rows of the markdown, as HTML.
-    let mut table = String::from("<table>\n");
-    for (i, line) in md.lines().filter(|l| l.starts_with('|')).enumerate() {
-        if i == 1 {
+    // The markdown's tables, as HTML: the alternatives first, then the learning curve's.
+    let mut tables: Vec<String> = vec![];
+    let mut i = 0;
+    for line in md.lines() {
+        if !line.starts_with('|') {
+            if i > 0 {
+                tables.last_mut().expect("a table").push_str("</table>\n");
+            }
+            i = 0;
+            continue;
+        }
+        if i == 0 {
+            tables.push(String::from("<table>\n"));
+        }
+        i += 1;
+        if i == 2 {
             continue; // the markdown separator
         }
-        let tag = if i == 0 { "th" } else { "td" };
+        let tag = if i == 1 { "th" } else { "td" };
         let cells: Vec<String> = line
             .trim_matches('|')
             .split(" | ")
             .map(|c| format!("<{tag}>{}</{tag}>", esc(c.trim())))
             .collect();
-        table.push_str(&format!("<tr>{}</tr>\n", cells.join("")));
+        tables
+            .last_mut()
+            .expect("a table")
+            .push_str(&format!("<tr>{}</tr>\n", cells.join("")));
     }
-    table.push_str("</table>\n");
+    if i > 0 {
+        tables.last_mut().expect("a table").push_str("</table>\n");
+    }
+    let table = tables.first().cloned().unwrap_or_default();
+    let curve_table = tables.get(1).cloned().unwrap_or_default();
+    let curve_text: String = md
+        .lines()
+        .skip_while(|l| !l.starts_with("## Few-shot"))
+        .filter(|l| !l.starts_with('|') && !l.starts_with('#') && !l.is_empty())
+        .map(|l| format!("<p>{}</p>\n", esc(l)))
+        .collect();
     let notes: String = md
         .lines()
-        .filter(|l| l.starts_with("- ") || l.starts_with('✔') || l.starts_with("Not yet"))
+        .filter(|l| l.starts_with("- ") || l.starts_with('✔'))
         .map(|l| {
             format!(
                 "<p>{}</p>\n",
@@ -1069,7 +1362,7 @@ fn html(
         .collect();
     let intro = md.lines().find(|l| l.starts_with("Budget")).unwrap_or("");
     Ok(format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>frugal report: {title}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n<h1>frugal report: {title}</h1>\n<p>{intro}</p>\n{table}\n{scatter}\n{bars}\n{notes}<p>Every number here is in report.json, with how it was obtained.</p>\n</body></html>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>frugal report: {title}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n<h1>frugal report: {title}</h1>\n<p>{intro}</p>\n{table}\n{scatter}\n{bars}\n{notes}<h2>Few-shot learning curve</h2>\n{curve_text}{curve_table}\n{curve}\n<p>Every number here is in report.json, with how it was obtained.</p>\n</body></html>\n",
         title = esc(report["task"].as_str().unwrap_or("")),
         intro = esc(intro).replace("**", ""),
     ))

@@ -94,7 +94,41 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
         assert!(md.contains(&acc), "{acc} not in {md}");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 2, "two charts");
+    assert_eq!(html.matches("<svg").count(), 3, "three charts");
+    // The learning curve: the k the smallest label allows (7 examples: 1, 2, 4), 3 draws each.
+    let curve = &v["learning_curve"];
+    let ks: Vec<u64> = curve["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["k"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ks, [1, 2, 4], "{curve}");
+    for p in curve["points"].as_array().unwrap() {
+        assert_eq!(p["draws"], 3);
+        let (lo, mean, hi) = (
+            p["accuracy_min"].as_f64().unwrap(),
+            p["accuracy_mean"].as_f64().unwrap(),
+            p["accuracy_max"].as_f64().unwrap(),
+        );
+        assert!(
+            lo <= mean && mean <= hi && (0.0..=1.0).contains(&mean),
+            "{p}"
+        );
+        assert!(
+            md.contains(&format!("{mean:.4}")),
+            "curve point {p} not in report.md"
+        );
+    }
+    // Costs on the named cloud instance (this machine is priced like it, so they agree).
+    assert_eq!(v["instance"]["name"], "aws-c7a-large");
+    for (r, verdict) in rows.iter().zip(v["verdicts"].as_array().unwrap()) {
+        if r["name"] != "reference" && r["status"] == "done" {
+            let on = verdict["instance_usd_per_1k"].as_f64().unwrap();
+            assert!(on > 0.0, "{verdict}");
+            assert!(md.contains(&format!("${on:.5}")), "{on} not in report.md");
+        }
+    }
     for r in rows
         .iter()
         .filter(|r| r["status"] == "done" && r["accuracy"].is_number())
@@ -108,9 +142,32 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
     let again = frugal().args(args).output().unwrap();
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(stderr.matches("already computed").count(), 9, "{stderr}");
+    assert_eq!(stderr.matches("already computed").count(), 10, "{stderr}");
     let w: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(w["rows"], v["rows"]);
+    // From scratch in another folder with the same seed: the same quality figures, exactly.
+    let out2 = dir.path().join("rep2");
+    let mut args2 = args.to_vec();
+    args2[4] = out2.to_str().unwrap();
+    let fresh = frugal().args(&args2).output().unwrap();
+    assert!(fresh.status.success());
+    let f: Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    let quality = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].clone(),
+                    r["accuracy"].clone(),
+                    r["macro_f1"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(quality(&f), quality(&v));
+    assert_eq!(f["learning_curve"]["points"], v["learning_curve"]["points"]);
 }
 
 #[test]
@@ -133,6 +190,48 @@ fn report_rejects_data_it_cannot_use() {
         &["report", "--task", "imdb", "--out", out.to_str().unwrap()],
         &["--task imdb", "--data"],
     );
+    // A reference without a price, a local model as the reference, a GPU instance.
+    fails(
+        &[
+            "report",
+            "--reference",
+            "gpt-9",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--reference", "gpt-9"],
+    );
+    fails(
+        &[
+            "report",
+            "--reference",
+            "smollm2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--reference smollm2", "hosted"],
+    );
+    fails(
+        &[
+            "report",
+            "--instance",
+            "aws-p5-48xlarge",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--instance aws-p5-48xlarge", "CPU profile", "aws-c7a-large"],
+    );
+    fails(
+        &[
+            "report",
+            "--instance",
+            "nope",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--instance", "nope", "aws-c7a-large"],
+    );
+    assert!(!out.exists(), "nothing written for bad input");
     fails(
         &[
             "report",

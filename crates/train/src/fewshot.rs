@@ -118,12 +118,21 @@ pub fn zero_shot(
 /// K examples of each label, drawn with `seed`. K above the smallest label's count is an error
 /// naming that label and its count.
 pub fn sample_shots(examples: &[Example], k: usize, seed: u64) -> Result<Vec<Example>> {
+    Ok(shot_indices(examples, k, seed)?
+        .into_iter()
+        .map(|i| examples[i].clone())
+        .collect())
+}
+
+/// The positions in `examples` of K examples of each label, drawn with `seed` (labels in name
+/// order); the draw `sample_shots` returns.
+pub fn shot_indices(examples: &[Example], k: usize, seed: u64) -> Result<Vec<usize>> {
     if k == 0 {
         return Err(Error::Invalid("--shots must be at least 1".into()));
     }
-    let mut by_label: BTreeMap<&str, Vec<&Example>> = BTreeMap::new();
-    for e in examples {
-        by_label.entry(e.label.as_str()).or_default().push(e);
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        by_label.entry(e.label.as_str()).or_default().push(i);
     }
     if by_label.len() < 2 {
         return Err(Error::Invalid(format!(
@@ -146,9 +155,99 @@ pub fn sample_shots(examples: &[Example], k: usize, seed: u64) -> Result<Vec<Exa
     let mut out = vec![];
     for (_, mut v) in by_label {
         v.shuffle(&mut rng);
-        out.extend(v.into_iter().take(k).cloned());
+        out.extend(v.into_iter().take(k));
     }
     Ok(out)
+}
+
+/// One point of a few-shot learning curve: `k` labelled examples per label, scored over
+/// several random draws of them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct CurvePoint {
+    pub k: usize,
+    pub draws: usize,
+    pub accuracy_mean: f64,
+    pub accuracy_min: f64,
+    pub accuracy_max: f64,
+    pub macro_f1_mean: f64,
+}
+
+/// What a learning curve runs: k examples per label at each of `ks`, `draws` draws each.
+pub struct CurveSpec<'a> {
+    pub base: &'a Path,
+    pub labels: Vec<String>,
+    pub train: &'a [Example],
+    pub test: &'a [Example],
+    pub ks: &'a [usize],
+    pub draws: usize,
+    pub config: TrainConfig,
+    pub max_len: usize,
+}
+
+/// The few-shot learning curve of transfer learning: for each `k` (those no label is too small
+/// for), `draws` draws of k examples per label (seeds `config.seed`, `config.seed + 1`, …), a
+/// fresh head (the same initial weights each time) trained with the shared loop on the frozen
+/// encoder's embeddings, scored on `test`. Training and test texts are embedded once.
+pub fn learning_curve(
+    spec: &CurveSpec,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<CurvePoint>> {
+    let CurveSpec {
+        base,
+        labels,
+        train,
+        test,
+        ks,
+        draws,
+        config: cfg,
+        max_len,
+    } = spec;
+    let (draws, max_len) = (*draws, *max_len);
+    use crate::learner::Learner;
+    let mut learner = Learner::new(base, labels.clone(), Mode::Head, max_len, cfg.seed)?;
+    let init = learner.weights()?;
+    let pool = learner.prepare(train)?;
+    let test = learner.prepare(test)?;
+    let mut points = vec![];
+    let mut done = 0;
+    for &k in ks.iter() {
+        let mut acc = vec![];
+        let mut f1 = vec![];
+        for d in 0..draws.max(1) {
+            let idx = match shot_indices(train, k, cfg.seed + d as u64) {
+                Ok(i) => i,
+                Err(_) => break, // a label has fewer than k examples
+            };
+            let shots = pool.select(&idx)?;
+            learner.set_weights(&init)?;
+            learner.fit(
+                &shots,
+                &TrainConfig {
+                    seed: cfg.seed + d as u64,
+                    ..cfg.clone()
+                },
+                None,
+            )?;
+            let m = learner.evaluate(&test)?;
+            acc.push(m.accuracy);
+            f1.push(m.macro_f1);
+            done += 1;
+            progress(done);
+        }
+        if acc.is_empty() {
+            continue;
+        }
+        let n = acc.len() as f64;
+        points.push(CurvePoint {
+            k,
+            draws: acc.len(),
+            accuracy_mean: acc.iter().sum::<f64>() / n,
+            accuracy_min: acc.iter().cloned().fold(f64::INFINITY, f64::min),
+            accuracy_max: acc.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            macro_f1_mean: f1.iter().sum::<f64>() / n,
+        });
+    }
+    Ok(points)
 }
 
 /// SetFit's pairs: for each of `rounds` rounds and each example, one partner of the same label

@@ -62,6 +62,28 @@ impl Prepared {
         })
     }
 
+    /// The examples at `idx`, in that order (embeddings or token ids copied, not recomputed).
+    pub fn select(&self, idx: &[usize]) -> Result<Prepared> {
+        let targets = idx.iter().map(|&i| self.targets[i]).collect();
+        let cached = match &self.cached {
+            Some(t) => {
+                let ix: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                Some(t.index_select(&Tensor::new(ix.as_slice(), &Device::Cpu)?, 0)?)
+            }
+            None => None,
+        };
+        let tokens = if self.tokens.is_empty() {
+            vec![]
+        } else {
+            idx.iter().map(|&i| self.tokens[i].clone()).collect()
+        };
+        Ok(Prepared {
+            targets,
+            cached,
+            tokens,
+        })
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.targets.len()
