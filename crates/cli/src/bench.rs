@@ -19,6 +19,10 @@ pub enum BenchCmd {
     /// Full fine-tuning throughput (forward + backward + AdamW step), the PyTorch anchor's
     /// workload: SpamAssassin training texts in batches padded to exactly --max-len tokens.
     Train(TrainBench),
+    /// LoRA fine-tuning throughput of a chat model (forward + backward + AdamW step on the
+    /// adapters), the PyTorch + PEFT anchor's workload (anchors/sft_peft.py): the first pairs of
+    /// --data in batches padded to the longest.
+    Sft(SftBench),
     /// Load on a running server: concurrent clients for a fixed time; statuses, latency,
     /// throughput and the server's memory.
     Serve(crate::bench_serve::ServeBench),
@@ -36,6 +40,28 @@ pub struct TrainBench {
     #[arg(long, default_value_t = 2)]
     warmup: u32,
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    steps: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SftBench {
+    #[arg(long, default_value = "smollm2")]
+    base: String,
+    /// Prompt→answer pairs (JSONL) or `email-subjects` (its training split).
+    #[arg(long, default_value = "email-subjects")]
+    data: String,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    batch: u32,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    rank: u32,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
+    max_len: u32,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     steps: u32,
     #[arg(long)]
     json: bool,
@@ -81,6 +107,7 @@ pub fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<()> {
         BenchCmd::Embed(a) => embed(a, ctx),
         BenchCmd::Generate(a) => generate(a, ctx),
         BenchCmd::Train(a) => train(a, ctx),
+        BenchCmd::Sft(a) => sft(a, ctx),
         BenchCmd::Serve(a) => crate::bench_serve::run(a),
     }
 }
@@ -292,6 +319,106 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
             "threads": ctx.threads,
             "batch": a.batch,
             "max_len": a.max_len,
+            "steps": a.steps,
+        }),
+    );
+    Ok(())
+}
+
+/// The SFT loss on encoded pairs, counting the tokens each step processes.
+struct SftBenchTask<'a> {
+    model: &'a frugal_models::chat::lora::LoraLlama,
+    data: Vec<frugal_train::sft::Encoded>,
+    tokens: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl frugal_train::trainer::Task for SftBenchTask<'_> {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn loss(&mut self, batch: &[usize]) -> candle_core::Result<candle_core::Tensor> {
+        let refs: Vec<_> = batch.iter().map(|&i| &self.data[i]).collect();
+        self.tokens
+            .set(self.tokens.get() + refs.iter().map(|e| e.ids.len()).sum::<usize>());
+        frugal_train::sft::batch_loss(self.model, &refs)
+    }
+    fn validate(&mut self) -> frugal_train::Result<Option<f64>> {
+        Ok(None)
+    }
+    fn on_best(&mut self, _: usize, _: Option<f64>) -> frugal_train::Result<()> {
+        Ok(())
+    }
+}
+
+fn sft(a: SftBench, ctx: &Ctx) -> Result<()> {
+    use frugal_models::chat::lora::{LoraConfig, LoraLlama};
+    let base = crate::sft_cmd::gguf_path(&a.base, "--base", ctx.quiet)?;
+    let n = (a.batch * (a.warmup + a.steps)) as usize;
+    let pairs: Vec<_> = crate::sft_cmd::pairs(&a.data, "train", "--data", ctx.quiet)?
+        .into_iter()
+        .take(n)
+        .collect();
+    if pairs.len() < n {
+        anyhow::bail!(
+            "--data {}: {} pairs, the benchmark needs batch × (warmup + steps) = {n}",
+            a.data,
+            pairs.len()
+        );
+    }
+    let chat = frugal_models::chat::ChatModel::load(&base)?;
+    let (data, _) = frugal_train::sft::encode(&chat, &pairs, a.max_len as usize)?;
+    drop(chat);
+    let lora = LoraConfig {
+        rank: a.rank as usize,
+        ..Default::default()
+    };
+    let mut model = LoraLlama::load(&base, lora, 0)?;
+    model.train = true;
+    let vars = model.adapter_vars();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut task = SftBenchTask {
+        model: &model,
+        data,
+        tokens: tokens.clone(),
+    };
+    let config = frugal_train::trainer::TrainConfig {
+        epochs: 1,
+        lr: 1e-3,
+        batch: a.batch as usize,
+        weight_decay: 0.0,
+        warmup: 0.0,
+        patience: 0,
+        ..Default::default()
+    };
+    let (mut t_start, mut tok_start) = (None, 0);
+    let mut t_end = Instant::now();
+    let warm = a.warmup as usize;
+    frugal_train::trainer::fit(
+        &mut task,
+        vars,
+        &config,
+        &frugal_train::trainer::Control::default(),
+        &mut |p| {
+            if p.step == warm {
+                t_start = Some(Instant::now());
+                tok_start = tokens.get();
+            }
+            t_end = Instant::now();
+        },
+    )?;
+    let timed = (t_end - t_start.unwrap_or(t_end)).as_secs_f64();
+    let timed_tokens = tokens.get() - tok_start;
+    print(
+        a.json,
+        serde_json::json!({
+            "tokens_per_s": round1(timed_tokens as f64 / timed.max(1e-9)),
+            "examples_per_s": round3((a.steps * a.batch) as f64 / timed.max(1e-9)),
+            "step_s": round3(timed / a.steps as f64),
+            "tokens": timed_tokens,
+            "trainable_params": model.trainable_params(),
+            "peak_rss_mb": round1(peak_rss_mb()),
+            "threads": ctx.threads,
+            "batch": a.batch,
             "steps": a.steps,
         }),
     );

@@ -1,7 +1,6 @@
 //! `frugal chat`: an interactive, multi-turn conversation; the KV cache carries over between
 //! turns so only the new message is processed.
 
-use crate::io::load_chat;
 use crate::{Ctx, SamplingArgs};
 use anyhow::Result;
 use clap::Args;
@@ -13,6 +12,9 @@ pub struct ChatArgs {
     /// Chat model: asset name or .gguf file.
     #[arg(long, default_value = "smollm2")]
     model: String,
+    /// A LoRA adapter from `frugal sft` to apply to the model.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// A system message for the whole conversation.
     #[arg(long)]
     system: Option<String>,
@@ -24,7 +26,7 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs, ctx: &Ctx) -> Result<()> {
-    let model = load_chat(&a.model, ctx.quiet)?;
+    let model = crate::sft_cmd::load_adapted(&a.model, a.adapter.as_deref(), ctx.quiet)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive && !ctx.quiet {
         eprintln!(

@@ -38,7 +38,9 @@ impl FieldArgs {
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// `spamassassin` (the pinned corpus, split as the anchors split it) or a .jsonl/.csv/.tsv file.
+    /// `spamassassin` (the pinned corpus, split as the anchors split it), `email-subjects` (its
+    /// ham messages as prompt→answer pairs: body → subject, for `frugal sft`) or a
+    /// .jsonl/.csv/.tsv file.
     source: String,
     /// Folder for train.jsonl, valid.jsonl and test.jsonl.
     #[arg(long)]
@@ -81,6 +83,23 @@ pub fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Exampl
 
 pub fn run(cmd: DataCmd, ctx: &Ctx) -> Result<()> {
     match cmd {
+        DataCmd::Prepare(a) if a.source == "email-subjects" => {
+            let dir = store(ctx.quiet).ensure("spamassassin")?;
+            let s = frugal_train::sft::email_subjects(&dir, crate::sft_cmd::SUBJECT_BODY_CHARS)?;
+            for (name, set) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
+                let path = a.out.join(format!("{name}.jsonl"));
+                let mut text = String::new();
+                for e in set {
+                    text.push_str(&serde_json::to_string(
+                        &serde_json::json!({"prompt": e.prompt(), "answer": e.answer}),
+                    )?);
+                    text.push('\n');
+                }
+                crate::io::write_atomic(&path, text.as_bytes())?;
+                println!("{}\t{} pairs", path.display(), set.len());
+            }
+            Ok(())
+        }
         DataCmd::Prepare(a) => {
             let all = examples(&a.source, &a.fields.fields(), ctx.quiet)?;
             let splits = if a.source == "spamassassin" {

@@ -1,6 +1,5 @@
 //! `frugal generate`: one completion from a GGUF chat model, streamed to stdout.
 
-use crate::io::load_chat;
 use crate::{Ctx, SamplingArgs};
 use anyhow::Result;
 use clap::Args;
@@ -12,6 +11,9 @@ pub struct GenerateArgs {
     /// Chat model: asset name or .gguf file.
     #[arg(long, default_value = "smollm2")]
     model: String,
+    /// A LoRA adapter from `frugal sft` to apply to the model.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// The prompt (a user message, unless --raw).
     #[arg(long)]
     prompt: String,
@@ -35,7 +37,7 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> Result<()> {
     if a.prompt.is_empty() {
         anyhow::bail!("--prompt is empty; give the text to respond to");
     }
-    let model = load_chat(&a.model, ctx.quiet)?;
+    let model = crate::sft_cmd::load_adapted(&a.model, a.adapter.as_deref(), ctx.quiet)?;
     let text = if a.raw {
         a.prompt.clone()
     } else {

@@ -16,6 +16,7 @@ mod generate;
 mod io;
 mod report;
 mod serve_cmd;
+mod sft_cmd;
 mod tco_cmd;
 mod tokenize;
 mod train_cmd;
@@ -85,8 +86,14 @@ enum Command {
     /// cascade router and a semantic cache.
     Serve(Box<serve_cmd::ServeArgs>),
     /// Run the cheaper alternatives on a labelled task and compare their quality and cost per
-    /// 1,000 requests with a hosted reference (first version: see README).
+    /// 1,000 requests with a hosted reference.
     Report(Box<report::ReportArgs>),
+    /// Fine-tune a local chat model on prompt→answer pairs with LoRA adapters; `sft merge`
+    /// folds an adapter into its base as a GGUF file.
+    Sft(Box<sft_cmd::SftArgs>),
+    /// Score a chat model's answers against reference answers: exact match, ROUGE-L, speed and
+    /// cost beside a hosted model's.
+    EvalGen(Box<sft_cmd::EvalGenArgs>),
     /// The cascade router: calibrate its threshold from labelled data.
     #[command(subcommand)]
     Route(serve_cmd::RouteCmd),
@@ -200,6 +207,8 @@ fn main() {
         Command::Tco(a) => tco_cmd::run(a, &ctx),
         Command::Data(c) => data_cmd::run(c, &ctx),
         Command::Train(a) => train_cmd::train_cmd(a, &ctx),
+        Command::Sft(a) => sft_cmd::sft_cmd(*a, &ctx),
+        Command::EvalGen(a) => sft_cmd::eval_gen_cmd(*a, &ctx),
         Command::Eval(a) => train_cmd::eval_cmd(a, &ctx),
         Command::Predict(a) => train_cmd::predict_cmd(a, &ctx),
         Command::Distill(a) => distill_cmd::distill_cmd(*a, &ctx),

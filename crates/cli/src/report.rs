@@ -57,6 +57,10 @@ pub struct ReportArgs {
     reference_answers: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "quick")]
     budget: Budget,
+    /// Also run the generation task (LoRA fine-tuning of the chat model on email subject lines)
+    /// in the quick budget, where it is left out: about 15 more minutes on 2 cores.
+    #[arg(long)]
+    generation: bool,
     /// Zero-shot label descriptions, NAME="description" (repeatable; a label given again gets
     /// another description). Default: built-in ones for spamassassin, else the label names.
     #[arg(long = "label", value_parser = crate::fewshot_cmd::parse_label)]
@@ -305,7 +309,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     std::fs::create_dir_all(&rows_dir)
         .with_context(|| format!("creating {}", rows_dir.display()))?;
     let common = format!(
-        "v2|{}|{}|{:?}|{}|{}|{}",
+        "v3|{}|{}|{:?}|{}|{}|{}",
         fingerprint(&task.train),
         fingerprint(&task.test),
         a.budget,
@@ -375,6 +379,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         rows.push(row);
     }
     let curve = curve(&a, &task, &base, &common, &rows_dir, ctx.quiet)?;
+    let generation = generation(&a, &pricing, &common, &rows_dir, ctx.quiet)?;
     let best = rows
         .iter()
         .filter(|r| r.name != "reference")
@@ -416,6 +421,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             "basis": format!("computed: the core-seconds measured here ({} threads × each row's seconds) at {}'s per-vCPU price and draw, assuming its cores are as fast as this machine's", ctx.threads, instance.name),
         },
         "learning_curve": curve,
+        "generation": generation,
         "best_accuracy": best,
         "rows": rows,
         "verdicts": verdicts,
@@ -442,6 +448,123 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The generative task from the same corpus (email subject lines): the local chat model
+/// zero-shot and after LoRA fine-tuning on 600 pairs, scored against the real subjects, priced
+/// beside the hosted reference. Full budget on the built-in task only; kept in
+/// `rows/generation.json`.
+fn generation(
+    a: &ReportArgs,
+    pricing: &Pricing,
+    common: &str,
+    rows_dir: &Path,
+    quiet: bool,
+) -> Result<serde_json::Value> {
+    use crate::sft_cmd::{gguf_path, score_generation, SUBJECT_BODY_CHARS};
+    let (n_train, n_valid, n_test) = (600, 64, 100);
+    let key = format!(
+        "generation|{common}|{}|{n_train}|{n_valid}|{n_test}",
+        a.reference
+    );
+    let file = rows_dir.join("generation.json");
+    if let Some(v) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v["key"] == key.as_str())
+    {
+        if !quiet {
+            eprintln!(
+                "frugal: generation: already computed ({}), reused",
+                file.display()
+            );
+        }
+        return Ok(v);
+    }
+    let what = "email subject lines from the SpamAssassin ham messages (\"Write a subject line for this email:\" + the body → the real subject): SmolLM2-135M zero-shot, then the same model with LoRA adapters (rank 8, every projection) fine-tuned on the training pairs; ROUGE-L and exact match against the real subjects";
+    let skip = |why: &str| serde_json::json!({"status": format!("skipped: {why}"), "task": what, "key": key});
+    if a.data.is_some() {
+        return Ok(skip("your data set is labelled text; for prompt→answer pairs run `frugal sft` and `frugal eval-gen`"));
+    }
+    if a.budget == Budget::Quick && !a.generation {
+        return Ok(skip("the quick budget leaves it out, as fine-tuning the chat model on 600 pairs takes about 15 minutes on 2 cores; --budget full or --generation runs it (or `frugal sft`, see README)"));
+    }
+    if !quiet {
+        eprintln!("frugal: generation (email subject lines) …");
+    }
+    let t_all = Instant::now();
+    let pairs = frugal_train::sft::email_subjects(
+        &store(quiet).ensure("spamassassin")?,
+        SUBJECT_BODY_CHARS,
+    )?;
+    let train: Vec<_> = pairs.train.into_iter().take(n_train).collect();
+    let valid: Vec<_> = pairs.valid.into_iter().take(n_valid).collect();
+    let test: Vec<_> = pairs.test.into_iter().take(n_test).collect();
+    let base = gguf_path("smollm2", "chat model", quiet)?;
+    let mut model = frugal_models::chat::ChatModel::load(&base)?;
+    let (zero, _) = score_generation(&model, &test, 48, pricing, quiet)?;
+    let out = a.out.join("models").join("subjects-lora");
+    let t0 = Instant::now();
+    let pb = progress(
+        train.len().div_ceil(4) as u64,
+        quiet,
+        "fine-tuning the chat model",
+    );
+    let r = frugal_train::sft::train_sft(
+        &frugal_train::sft::SftSpec {
+            base: &base,
+            base_name: "smollm2".into(),
+            train: &train,
+            valid: Some(&valid),
+            lora: frugal_models::chat::lora::LoraConfig::default(),
+            config: TrainConfig {
+                epochs: 1,
+                lr: 1e-3,
+                batch: 4,
+                weight_decay: 0.0,
+                warmup: 0.05,
+                seed: a.seed,
+                patience: 0,
+                ..Default::default()
+            },
+            max_len: 256,
+            out: &out,
+            resume: false,
+            save_every: 0,
+            interrupt: None,
+        },
+        &mut |p| pb.set_position(p.step as u64),
+    )?;
+    pb.finish_and_clear();
+    let train_secs = t0.elapsed().as_secs_f64();
+    model.apply_adapter(&frugal_models::chat::lora::Adapter::load(&out)?)?;
+    let (tuned, _) = score_generation(&model, &test, 48, pricing, quiet)?;
+    let v = serde_json::json!({
+        "status": "done",
+        "task": what,
+        "train_examples": train.len(),
+        "test_examples": test.len(),
+        "zero_shot": zero,
+        "sft": tuned,
+        "rouge_l_gain": tuned.rouge_l / zero.rouge_l.max(1e-9) - 1.0,
+        "train_seconds": train_secs,
+        "train_usd": pricing.local_usd(train_secs),
+        "train_tokens_per_s": r.tokens_per_s,
+        "trainable_params": r.trainable_params,
+        "wall_seconds": t_all.elapsed().as_secs_f64(),
+        "cost_basis": "measured: seconds per answer here × this machine's price per hour, plus energy; the reference: its catalog price × the same prompts in and the real subjects out",
+        "key": key,
+    });
+    if !quiet {
+        eprintln!(
+            "frugal: generation: ROUGE-L {:.4} zero-shot, {:.4} fine-tuned, in {:.0} s",
+            zero.rouge_l,
+            tuned.rouge_l,
+            t_all.elapsed().as_secs_f64()
+        );
+    }
+    write_atomic(&file, &serde_json::to_vec_pretty(&v)?)?;
+    Ok(v)
 }
 
 /// The few-shot learning curve: transfer learning's head trained on k examples per label (a few
@@ -1204,6 +1327,57 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
         report["instance"]["basis"].as_str().unwrap_or(""),
         report["instance"]["source"].as_str().unwrap_or("")
     ));
+    let g = &report["generation"];
+    s.push_str("\n## Generation: email subject lines\n\n");
+    s.push_str(&format!(
+        "{}: {}.\n\n",
+        g["status"].as_str().unwrap_or(""),
+        g["task"].as_str().unwrap_or("")
+    ));
+    if g["status"] == "done" {
+        let reference = report["reference"].as_str().unwrap_or("");
+        s.push_str("| model | ROUGE-L | exact match | words per answer | $ per 1,000 answers | savings vs reference | training | training cost |\n|---|---|---|---|---|---|---|---|\n");
+        let ref_cost = g["sft"]["reference_usd_per_1k_answers"]
+            .as_f64()
+            .unwrap_or(0.0);
+        for (name, k, train) in [
+            ("SmolLM2-135M zero-shot", "zero_shot", false),
+            ("SmolLM2-135M + LoRA", "sft", true),
+        ] {
+            let r = &g[k];
+            let cost = r["usd_per_1k_answers"].as_f64().unwrap_or(0.0);
+            s.push_str(&format!(
+                "| {name} | {:.4} | {:.4} | {:.1} | ${cost:.5} | {:.2}% | {} | {} |\n",
+                r["rouge_l"].as_f64().unwrap_or(0.0),
+                r["exact_match"].as_f64().unwrap_or(0.0),
+                r["mean_answer_words"].as_f64().unwrap_or(0.0),
+                (1.0 - cost / ref_cost.max(1e-12)) * 100.0,
+                if train {
+                    format!(
+                        "{:.0} s ({} pairs)",
+                        g["train_seconds"].as_f64().unwrap_or(0.0),
+                        g["train_examples"]
+                    )
+                } else {
+                    "—".into()
+                },
+                if train {
+                    format!("${:.5}", g["train_usd"].as_f64().unwrap_or(0.0))
+                } else {
+                    "—".into()
+                },
+            ));
+        }
+        s.push_str(&format!(
+            "| {reference} (hosted) | — | — | {:.1} (the real subjects) | ${ref_cost:.5} | 0.00% | — | — |\n",
+            g["sft"]["mean_reference_words"].as_f64().unwrap_or(0.0)
+        ));
+        s.push_str(&format!(
+            "\nFine-tuning changed ROUGE-L by {:+.0}% ({} test pairs).\n",
+            g["rouge_l_gain"].as_f64().unwrap_or(0.0) * 100.0,
+            g["test_examples"]
+        ));
+    }
     let curve = &report["learning_curve"];
     s.push_str("\n## Few-shot learning curve\n\n");
     s.push_str(&format!(
@@ -1250,6 +1424,36 @@ fn curve_refs(rows: &[Row]) -> Vec<(String, f64)> {
             Some((name, r.accuracy?))
         })
         .collect()
+}
+
+/// The markdown tables of `md` as HTML tables.
+fn md_tables(md: &str) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    for line in md.lines().chain(std::iter::once("")) {
+        if !line.starts_with('|') {
+            if i > 0 {
+                out.push_str("</table>\n");
+            }
+            i = 0;
+            continue;
+        }
+        if i == 0 {
+            out.push_str("<table>\n");
+        }
+        i += 1;
+        if i == 2 {
+            continue; // the markdown separator
+        }
+        let tag = if i == 1 { "th" } else { "td" };
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split(" | ")
+            .map(|c| format!("<{tag}>{}</{tag}>", esc(c.trim())))
+            .collect();
+        out.push_str(&format!("<tr>{}</tr>\n", cells.join("")));
+    }
+    out
 }
 
 fn esc(s: &str) -> String {
@@ -1309,48 +1513,16 @@ fn html(
         )?
     };
     let md = markdown(report, rows, verdicts);
-    // The table rows of the markdown, as HTML.
-    // The markdown's tables, as HTML: the alternatives first, then the learning curve's.
-    let mut tables: Vec<String> = vec![];
-    let mut i = 0;
-    for line in md.lines() {
-        if !line.starts_with('|') {
-            if i > 0 {
-                tables.last_mut().expect("a table").push_str("</table>\n");
-            }
-            i = 0;
-            continue;
-        }
-        if i == 0 {
-            tables.push(String::from("<table>\n"));
-        }
-        i += 1;
-        if i == 2 {
-            continue; // the markdown separator
-        }
-        let tag = if i == 1 { "th" } else { "td" };
-        let cells: Vec<String> = line
-            .trim_matches('|')
-            .split(" | ")
-            .map(|c| format!("<{tag}>{}</{tag}>", esc(c.trim())))
-            .collect();
-        tables
-            .last_mut()
-            .expect("a table")
-            .push_str(&format!("<tr>{}</tr>\n", cells.join("")));
-    }
-    if i > 0 {
-        tables.last_mut().expect("a table").push_str("</table>\n");
-    }
-    let table = tables.first().cloned().unwrap_or_default();
-    let curve_table = tables.get(1).cloned().unwrap_or_default();
-    let curve_text: String = md
+    // The markdown, section by section: the first (intro, alternatives, notes) with the cost
+    // charts, then each `## ` section with its tables, the curve's with its chart.
+    let mut sections = md.split("\n## ");
+    let first = sections.next().unwrap_or("");
+    let intro = first
         .lines()
-        .skip_while(|l| !l.starts_with("## Few-shot"))
-        .filter(|l| !l.starts_with('|') && !l.starts_with('#') && !l.is_empty())
-        .map(|l| format!("<p>{}</p>\n", esc(l)))
-        .collect();
-    let notes: String = md
+        .find(|l| l.starts_with("Budget"))
+        .unwrap_or("");
+    let table = md_tables(first);
+    let notes: String = first
         .lines()
         .filter(|l| l.starts_with("- ") || l.starts_with('✔'))
         .map(|l| {
@@ -1360,9 +1532,23 @@ fn html(
             )
         })
         .collect();
-    let intro = md.lines().find(|l| l.starts_with("Budget")).unwrap_or("");
+    let mut rest = String::new();
+    for sec in sections {
+        let (title, body) = sec.split_once('\n').unwrap_or((sec, ""));
+        rest.push_str(&format!("<h2>{}</h2>\n", esc(title)));
+        for l in body
+            .lines()
+            .filter(|l| !l.starts_with('|') && !l.trim().is_empty())
+        {
+            rest.push_str(&format!("<p>{}</p>\n", esc(l)));
+        }
+        rest.push_str(&md_tables(body));
+        if title.starts_with("Few-shot") {
+            rest.push_str(&curve);
+        }
+    }
     Ok(format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>frugal report: {title}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n<h1>frugal report: {title}</h1>\n<p>{intro}</p>\n{table}\n{scatter}\n{bars}\n{notes}<h2>Few-shot learning curve</h2>\n{curve_text}{curve_table}\n{curve}\n<p>Every number here is in report.json, with how it was obtained.</p>\n</body></html>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>frugal report: {title}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n<h1>frugal report: {title}</h1>\n<p>{intro}</p>\n{table}\n{scatter}\n{bars}\n{notes}{rest}\n<p>Every number here is in report.json, with how it was obtained.</p>\n</body></html>\n",
         title = esc(report["task"].as_str().unwrap_or("")),
         intro = esc(intro).replace("**", ""),
     ))

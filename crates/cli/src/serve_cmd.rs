@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// A `frugal train` classifier for /v1/classify, as NAME=DIR (repeatable).
     #[arg(long, value_parser = name_dir)]
     classifier: Vec<(String, PathBuf)>,
+    /// A LoRA adapter from `frugal sft` merged into the chat model served as NAME, as NAME=DIR
+    /// (repeatable; serve the base twice under two names to offer both).
+    #[arg(long, value_parser = name_dir)]
+    adapter: Vec<(String, PathBuf)>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8080)]
@@ -150,6 +154,7 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
     let cfg = ServeConfig {
         models,
         classifiers: a.classifier.clone(),
+        adapters: a.adapter.clone(),
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         queue: a.queue as usize,
         max_batch: a.max_batch as usize,

@@ -120,6 +120,16 @@ fn report_runs_the_alternatives_resumes_and_skips_what_the_data_cannot_support()
             "curve point {p} not in report.md"
         );
     }
+    // The generative task needs prompt→answer pairs: skipped for labelled data, saying why.
+    assert!(
+        v["generation"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: your data set is labelled text"),
+        "{}",
+        v["generation"]
+    );
+    assert!(md.contains("## Generation: email subject lines"));
     // Costs on the named cloud instance (this machine is priced like it, so they agree).
     assert_eq!(v["instance"]["name"], "aws-c7a-large");
     for (r, verdict) in rows.iter().zip(v["verdicts"].as_array().unwrap()) {

@@ -301,6 +301,80 @@ fn max_tokens_beyond_the_context_window_is_refused() {
 }
 
 #[test]
+fn a_lora_adapter_is_served_beside_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\": \"Name a colour.\", \"answer\": \"Teal, always teal.\"}\n{\"prompt\": \"Pick a colour.\", \"answer\": \"Teal, always teal.\"}\n",
+    )
+    .unwrap();
+    let adapter = dir.path().join("teal");
+    let r = frugal()
+        .args([
+            "sft",
+            "--data",
+            pairs.to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--batch",
+            "2",
+        ])
+        .args(["--lr", "3e-3", "--max-len", "96", "--quiet", "--out"])
+        .arg(&adapter)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let spec = format!("teal={}", adapter.display());
+    // An adapter for a model that is not served is refused before anything listens.
+    let r = frugal()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            "smollm2",
+            "--adapter",
+            "nope=x",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("--adapter nope=x") && e.contains("smollm2"),
+        "{e}"
+    );
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--model",
+        "teal=smollm2",
+        "--adapter",
+        &spec,
+    ]);
+    let (_, models) = s.get("/v1/models");
+    assert!(
+        models.contains("\"teal\"") && models.contains("\"smollm2\""),
+        "{models}"
+    );
+    let answer = |model: &str| -> String {
+        let (c, v) = s.post(
+            "/v1/chat/completions",
+            &chat_body(model, "Name a colour.", 8),
+        );
+        assert_eq!(c, 200, "{v}");
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (base, tuned) = (answer("smollm2"), answer("teal"));
+    // The adapter taught the answer's shape ("…, always …"), which the base does not give.
+    assert!(tuned.contains(", always"), "{tuned}");
+    assert_ne!(base, tuned);
+}
+
+#[test]
 fn a_generation_past_the_time_limit_stops_with_what_it_has() {
     let s = Server::start(&["--model", "smollm2", "--timeout", "0.4"]);
     let (c, v) = s.post(

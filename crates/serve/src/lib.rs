@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub models: Vec<String>,
     /// `(NAME, checkpoint folder)` of `frugal train` classifiers.
     pub classifiers: Vec<(String, PathBuf)>,
+    /// `(NAME, adapter folder)`: LoRA adapters merged into the chat model served as NAME.
+    pub adapters: Vec<(String, PathBuf)>,
     /// Requests sent without `Authorization: Bearer KEY` get a 401 when set.
     pub api_key: Option<String>,
     /// Requests waiting per model before the server answers 429.
@@ -183,7 +185,13 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
         claim(&name, "--model")?;
         match resolve_model(&spec, store).map_err(|e| format!("--model {spec}: {e}"))? {
             ModelPath::Gguf(p) => {
-                let m = ChatModel::load(&p).map_err(|e| format!("--model {spec}: {e}"))?;
+                let mut m = ChatModel::load(&p).map_err(|e| format!("--model {spec}: {e}"))?;
+                for (_, dir) in cfg.adapters.iter().filter(|(n, _)| *n == name) {
+                    let flag = format!("--adapter {name}={}", dir.display());
+                    let ad = frugal_models::chat::lora::Adapter::load(dir)
+                        .map_err(|e| format!("{flag}: {e}"))?;
+                    m.apply_adapter(&ad).map_err(|e| format!("{flag}: {e}"))?;
+                }
                 let w = ChatWorker::spawn(&name, Arc::new(m), cfg.queue);
                 loaded.chat.insert(name, w);
             }
@@ -199,6 +207,17 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
                 loaded.encoders.insert(name, w);
             }
         }
+    }
+    if let Some((name, dir)) = cfg
+        .adapters
+        .iter()
+        .find(|(n, _)| !loaded.chat.contains_key(n))
+    {
+        return Err(format!(
+            "--adapter {name}={}: no chat model is served as `{name}` (served: {})",
+            dir.display(),
+            loaded.chat.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     for (name, dir) in &cfg.classifiers {
         claim(name, "--classifier")?;
@@ -313,6 +332,7 @@ mod tests {
         ServeConfig {
             models: vec![],
             classifiers: vec![],
+            adapters: vec![],
             api_key: None,
             queue: 4,
             max_batch: 4,

@@ -190,12 +190,7 @@ pub const SPAM_GROUPS: [(&str, bool); 5] = [
 /// Subject and plain-text body of a raw RFC 822 message; headers dropped, encodings decoded,
 /// HTML converted to text.
 pub fn email_text(raw: &[u8]) -> String {
-    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
-        return String::new();
-    };
-    let subject = msg.subject().unwrap_or("").trim().to_string();
-    let body = msg.body_text(0).map(|b| b.to_string()).unwrap_or_default();
-    let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (subject, body) = email_parts(raw);
     match (subject.is_empty(), body.is_empty()) {
         (false, false) => format!("{subject}\n{body}"),
         (false, true) => subject,
@@ -203,9 +198,20 @@ pub fn email_text(raw: &[u8]) -> String {
     }
 }
 
-/// The SpamAssassin corpus from the pinned asset, in the anchors' order (group, then file name),
-/// labelled `ham`/`spam`, with each message's group and file name.
-pub fn spamassassin(dir: &Path) -> Result<Vec<(String, String, Example)>> {
+/// A raw message's subject (trimmed) and plain-text body (whitespace runs collapsed).
+pub fn email_parts(raw: &[u8]) -> (String, String) {
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return (String::new(), String::new());
+    };
+    let subject = msg.subject().unwrap_or("").trim().to_string();
+    let body = msg.body_text(0).map(|b| b.to_string()).unwrap_or_default();
+    let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    (subject, body)
+}
+
+/// The raw messages of the pinned SpamAssassin asset in the anchors' order (group, then file
+/// name): group, file name, whether spam, raw text.
+pub fn spamassassin_raw(dir: &Path) -> Result<Vec<(String, String, bool, String)>> {
     let mut out = vec![];
     for (group, spam) in SPAM_GROUPS {
         let gdir = dir.join(group);
@@ -225,27 +231,38 @@ pub fn spamassassin(dir: &Path) -> Result<Vec<(String, String, Example)>> {
                 std::fs::read(&f).map_err(|e| Error::data(&f, format!("cannot read: {e}")))?;
             let raw: Raw = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::data(&f, format!("invalid JSON: {e}")))?;
-            let mut text = email_text(raw.text.as_bytes());
-            if text.trim().is_empty() {
-                // A message with neither subject nor body still counts (the anchors keep it).
-                text = "(empty message)".into();
-            }
             let name = f
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            out.push((
-                group.to_string(),
+            out.push((group.to_string(), name, spam, raw.text));
+        }
+    }
+    Ok(out)
+}
+
+/// The SpamAssassin corpus from the pinned asset, in the anchors' order (group, then file name),
+/// labelled `ham`/`spam`, with each message's group and file name.
+pub fn spamassassin(dir: &Path) -> Result<Vec<(String, String, Example)>> {
+    Ok(spamassassin_raw(dir)?
+        .into_iter()
+        .map(|(group, name, spam, raw)| {
+            let mut text = email_text(raw.as_bytes());
+            if text.trim().is_empty() {
+                // A message with neither subject nor body still counts (the anchors keep it).
+                text = "(empty message)".into();
+            }
+            (
+                group,
                 name,
                 Example {
                     text,
                     label: if spam { "spam" } else { "ham" }.into(),
                 },
-            ));
-        }
-    }
-    Ok(out)
+            )
+        })
+        .collect())
 }
 
 /// Train, validation and test sets.

@@ -10,6 +10,7 @@ pub mod labeller;
 pub mod learner;
 pub mod metrics;
 pub mod optim;
+pub mod sft;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};

@@ -310,6 +310,51 @@ impl Llama {
         })
     }
 
+    /// Adds `delta` (rows × cols, row-major) to the projection `blk.{i}.{proj}.weight` (a LoRA
+    /// update merged in), which is then held in Q8_0: finer than the 4-bit bases (which would
+    /// round a small update away) and on the runtime's fast integer kernels.
+    pub fn add_to_weight(&mut self, name: &str, delta: &[f32]) -> Result<()> {
+        let bad = || {
+            Error::Invalid(format!(
+                "the adapter names '{name}', which this model has no projection for"
+            ))
+        };
+        let rest = name.strip_prefix("blk.").ok_or_else(bad)?;
+        let (i, proj) = rest.split_once('.').ok_or_else(bad)?;
+        let i: usize = i.parse().map_err(|_| bad())?;
+        let layer = self.layers.get_mut(i).ok_or_else(bad)?;
+        let m = match proj.strip_suffix(".weight").ok_or_else(bad)? {
+            "attn_q" => &mut layer.wq,
+            "attn_k" => &mut layer.wk,
+            "attn_v" => &mut layer.wv,
+            "attn_output" => &mut layer.wo,
+            "ffn_gate" => &mut layer.w_gate,
+            "ffn_up" => &mut layer.w_up,
+            "ffn_down" => &mut layer.w_down,
+            _ => return Err(bad()),
+        };
+        if delta.len() != m.rows * m.cols {
+            return Err(Error::Invalid(format!(
+                "the adapter's update for '{name}' has {} values; the weight is {}x{}",
+                delta.len(),
+                m.rows,
+                m.cols
+            )));
+        }
+        let mut merged = vec![0f32; m.rows * m.cols];
+        for (r, out) in merged.chunks_exact_mut(m.cols).enumerate() {
+            m.dequantize_row(r, out);
+            for (w, d) in out.iter_mut().zip(&delta[r * m.cols..(r + 1) * m.cols]) {
+                *w += d;
+            }
+        }
+        let t = candle_core::Tensor::from_vec(merged, (m.rows, m.cols), &candle_core::Device::Cpu)?;
+        let q =
+            candle_core::quantized::QTensor::quantize(&t, candle_core::quantized::GgmlDType::Q8_0)?;
+        *m = QMatrix::new(WType::Q8_0, m.rows, m.cols, q.data()?.to_vec())?;
+        Ok(())
+    }
+
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
         self.tok_embd.nbytes()

@@ -5,10 +5,13 @@
 //! a KV cache, sampling, stop sequences and a callback that receives text as it is produced.
 
 pub mod llama;
+pub mod lora;
 mod parallel;
 pub mod quant;
 pub mod sampling;
 pub mod template;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};
@@ -160,6 +163,17 @@ impl ChatModel {
             template,
             name,
         })
+    }
+
+    /// Merges a LoRA adapter from `frugal sft` into the weights (refused unless it was trained on
+    /// this very file); the adapted projections are then held in Q8_0.
+    pub fn apply_adapter(&mut self, adapter: &lora::Adapter) -> Result<()> {
+        adapter.check_base(&self.path)?;
+        for (name, d) in adapter.deltas()? {
+            let v: Vec<f32> = d.flatten_all()?.to_vec1()?;
+            self.llama.add_to_weight(&name, &v)?;
+        }
+        Ok(())
     }
 
     /// The model's context window (tokens it was trained for).
