@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 pub enum FedCmd {
     /// Federated training across N simulated nodes, each with its own slice of the data.
     Simulate(Box<SimulateArgs>),
+    /// A Flower node (flwr 1.42.0): joins a Flower SuperLink and trains on this machine's data.
+    Node(Box<crate::fed_flower::NodeArgs>),
 }
 
 /// `fed simulate`'s flags parsed from a list (for `frugal report`).
@@ -135,6 +137,7 @@ pub struct SimulateArgs {
 pub fn run(c: FedCmd, ctx: &Ctx) -> Result<()> {
     match c {
         FedCmd::Simulate(a) => simulate_cmd(*a, ctx, true).map(|_| ()),
+        FedCmd::Node(a) => crate::fed_flower::node_cmd(*a, ctx),
     }
 }
 

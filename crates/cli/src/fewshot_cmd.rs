@@ -310,16 +310,7 @@ pub(crate) fn run_setfit(
             seed,
             ..Default::default()
         },
-        head: TrainConfig {
-            epochs: 100,
-            lr: 1e-2,
-            batch: 16,
-            weight_decay: 0.0,
-            warmup: 0.0,
-            patience: 0,
-            seed,
-            ..Default::default()
-        },
+        head: frugal_train::fewshot::head_config(seed),
         max_len,
         out,
     };

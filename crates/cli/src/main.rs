@@ -11,6 +11,7 @@ mod data_cmd;
 mod distill_cmd;
 mod embed;
 mod fed_cmd;
+mod fed_flower;
 mod fewshot_cmd;
 mod generate;
 mod io;

@@ -450,6 +450,21 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A section computed by an earlier run (`file` holding the same `key`), said so.
+fn reuse(file: &Path, key: &str, what: &str, quiet: bool) -> Option<serde_json::Value> {
+    let v = std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v["key"] == key)?;
+    if !quiet {
+        eprintln!(
+            "frugal: {what}: already computed ({}), reused",
+            file.display()
+        );
+    }
+    Some(v)
+}
+
 /// The generative task from the same corpus (email subject lines): the local chat model
 /// zero-shot and after LoRA fine-tuning on 600 pairs, scored against the real subjects, priced
 /// beside the hosted reference. Full budget on the built-in task only; kept in
@@ -468,17 +483,7 @@ fn generation(
         a.reference
     );
     let file = rows_dir.join("generation.json");
-    if let Some(v) = std::fs::read(&file)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .filter(|v| v["key"] == key.as_str())
-    {
-        if !quiet {
-            eprintln!(
-                "frugal: generation: already computed ({}), reused",
-                file.display()
-            );
-        }
+    if let Some(v) = reuse(&file, &key, "generation", quiet) {
         return Ok(v);
     }
     let what = "email subject lines from the SpamAssassin ham messages (\"Write a subject line for this email:\" + the body → the real subject): SmolLM2-135M zero-shot, then the same model with LoRA adapters (rank 8, every projection) fine-tuned on the training pairs; ROUGE-L and exact match against the real subjects";
@@ -583,17 +588,7 @@ fn curve(
     };
     let key = format!("curve|{common}|{ks:?}|{draws}");
     let file = rows_dir.join("curve.json");
-    if let Some(v) = std::fs::read(&file)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .filter(|v| v["key"] == key.as_str())
-    {
-        if !quiet {
-            eprintln!(
-                "frugal: learning curve: already computed ({}), reused",
-                file.display()
-            );
-        }
+    if let Some(v) = reuse(&file, &key, "learning curve", quiet) {
         return Ok(v);
     }
     if !quiet {
@@ -619,16 +614,7 @@ fn curve(
         })
     } else {
         let pb = progress((ks.len() * draws) as u64, quiet, "learning curve");
-        let cfg = TrainConfig {
-            epochs: 100,
-            lr: 1e-2,
-            batch: 16,
-            weight_decay: 0.0,
-            warmup: 0.0,
-            patience: 0,
-            seed: a.seed,
-            ..Default::default()
-        };
+        let cfg = frugal_train::fewshot::head_config(a.seed);
         let points = frugal_train::fewshot::learning_curve(
             &frugal_train::fewshot::CurveSpec {
                 base,

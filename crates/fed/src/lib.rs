@@ -7,6 +7,7 @@
 //! optionally under differential privacy (`privacy`) and secure aggregation (`secagg`).
 
 pub mod aggregate;
+pub mod flower;
 pub mod node;
 pub mod partition;
 pub mod privacy;

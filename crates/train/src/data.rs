@@ -276,21 +276,27 @@ pub struct Splits {
 /// The anchors' split: of the sorted corpus every 5th message (index % 5 == 4) is test; of the
 /// rest every 10th is validation.
 pub fn anchor_split(corpus: Vec<Example>) -> Splits {
-    let mut s = Splits::default();
+    let (train, valid, test) = anchor_split_of(corpus);
+    Splits { train, valid, test }
+}
+
+/// The anchors' split of any items in their order: (train, validation, test).
+pub fn anchor_split_of<T>(items: Vec<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (mut train, mut valid, mut test) = (vec![], vec![], vec![]);
     let mut rest = 0;
-    for (i, e) in corpus.into_iter().enumerate() {
+    for (i, e) in items.into_iter().enumerate() {
         if i % 5 == 4 {
-            s.test.push(e);
+            test.push(e);
         } else {
             if rest % 10 == 9 {
-                s.valid.push(e);
+                valid.push(e);
             } else {
-                s.train.push(e);
+                train.push(e);
             }
             rest += 1;
         }
     }
-    s
+    (train, valid, test)
 }
 
 /// A stratified split: within each label, a seeded shuffle, then `test_frac` and `valid_frac`

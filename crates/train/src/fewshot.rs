@@ -160,6 +160,21 @@ pub fn shot_indices(examples: &[Example], k: usize, seed: u64) -> Result<Vec<usi
     Ok(out)
 }
 
+/// How a head is trained on a few examples' embeddings (SetFit's head, the learning curve):
+/// 100 epochs at lr 0.01, batches of 16, no decay or warm-up.
+pub fn head_config(seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs: 100,
+        lr: 1e-2,
+        batch: 16,
+        weight_decay: 0.0,
+        warmup: 0.0,
+        patience: 0,
+        seed,
+        ..Default::default()
+    }
+}
+
 /// One point of a few-shot learning curve: `k` labelled examples per label, scored over
 /// several random draws of them.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]

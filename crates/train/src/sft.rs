@@ -419,9 +419,7 @@ fn strip_reply(subject: &str) -> &str {
 /// `body_chars`), answer = its real subject (reply/forward markers removed). Split as the
 /// classification task: every 5th message is test, of the rest every 10th validation.
 pub fn email_subjects(dir: &Path, body_chars: usize) -> Result<SftSplits> {
-    let mut s = SftSplits::default();
-    let mut rest = 0;
-    let mut i = 0;
+    let mut all = vec![];
     for (_, _, spam, raw) in crate::data::spamassassin_raw(dir)? {
         if spam {
             continue;
@@ -441,20 +439,13 @@ pub fn email_subjects(dir: &Path, body_chars: usize) -> Result<SftSplits> {
         } else {
             body
         };
-        let ex = SftExample::new(&format!("{SUBJECT_PROMPT}\n\n{body}"), subject);
-        if i % 5 == 4 {
-            s.test.push(ex);
-        } else {
-            if rest % 10 == 9 {
-                s.valid.push(ex);
-            } else {
-                s.train.push(ex);
-            }
-            rest += 1;
-        }
-        i += 1;
+        all.push(SftExample::new(
+            &format!("{SUBJECT_PROMPT}\n\n{body}"),
+            subject,
+        ));
     }
-    Ok(s)
+    let (train, valid, test) = crate::data::anchor_split_of(all);
+    Ok(SftSplits { train, valid, test })
 }
 
 /// ROUGE-L F1 of `candidate` against `reference`: the longest common subsequence of their

@@ -55,6 +55,25 @@ pub struct Llama {
     rope: std::sync::RwLock<(usize, Vec<f32>, Vec<f32>)>,
 }
 
+impl LlamaConfig {
+    /// RoPE's cos and sin per (position, pair) for `n` positions, as ggml computes them:
+    /// theta_i = p · base^(−2i/d), by repeated multiplication in f32.
+    pub fn rope_table(&self, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.head_dim / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        let theta_scale = self.rope_base.powf(-2.0 / self.head_dim as f32);
+        for p in 0..n {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= theta_scale;
+            }
+        }
+        (cos, sin)
+    }
+}
+
 /// Per-sequence attention state: keys and values of every position seen so far, in fp16.
 pub struct KvCache {
     /// Per layer, position-major keys and values: fp16 values (llama.cpp's cache type) held
@@ -390,22 +409,8 @@ impl Llama {
             return;
         }
         let mut g = self.rope.write().expect("rope lock");
-        let half = self.config.head_dim / 2;
         let n = n_pos.next_power_of_two().max(256);
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        // As ggml: theta_i = p * base^(-2i/d), by repeated multiplication in f32.
-        let theta_scale = self
-            .config
-            .rope_base
-            .powf(-2.0 / self.config.head_dim as f32);
-        for p in 0..n {
-            let mut theta = p as f32;
-            for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
-                theta *= theta_scale;
-            }
-        }
+        let (cos, sin) = self.config.rope_table(n);
         *g = (n, cos, sin);
     }
 

@@ -233,19 +233,9 @@ impl LoraLlama {
             });
         }
         let out_norm = read("output_norm.weight")?.flatten_all()?;
-        // As the runtime: theta_i = p · base^(−2i/d), by repeated multiplication in f32.
-        let half = config.head_dim / 2;
-        let n = config.n_ctx_train;
-        let theta_scale = config.rope_base.powf(-2.0 / config.head_dim as f32);
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        for p in 0..n {
-            let mut theta = p as f32;
-            for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
-                theta *= theta_scale;
-            }
-        }
+        // The runtime's table, so both rotate alike.
+        let (half, n) = (config.head_dim / 2, config.n_ctx_train);
+        let (cos, sin) = config.rope_table(n);
         Ok(LoraLlama {
             embed,
             layers,

@@ -1,0 +1,1 @@
+"""frugal's Flower app: federated training of frugal classifiers with Flower's strategies."""
