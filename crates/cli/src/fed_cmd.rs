@@ -26,6 +26,9 @@ pub enum FedCmd {
     Simulate(Box<SimulateArgs>),
     /// A Flower node (flwr 1.42.0): joins a Flower SuperLink and trains on this machine's data.
     Node(Box<crate::fed_flower::NodeArgs>),
+    /// A whole Flower federation on this machine: a SuperLink, frugal's server app with
+    /// Flower's strategy, and N `fed node` processes on partitions of the data.
+    Up(Box<crate::fed_flower::UpArgs>),
 }
 
 /// `fed simulate`'s flags parsed from a list (for `frugal report`).
@@ -138,6 +141,7 @@ pub fn run(c: FedCmd, ctx: &Ctx) -> Result<()> {
     match c {
         FedCmd::Simulate(a) => simulate_cmd(*a, ctx, true).map(|_| ()),
         FedCmd::Node(a) => crate::fed_flower::node_cmd(*a, ctx),
+        FedCmd::Up(a) => crate::fed_flower::up_cmd(*a, ctx),
     }
 }
 

@@ -104,6 +104,29 @@ impl Fleet {
         })
     }
 
+    /// The SuperLink's Flower version from its API description (`/openapi.json`), when it
+    /// answers; a version other than 1.42 is refused by name.
+    pub fn check_version(&self) -> Result<Option<String>> {
+        let url = self.base.replace("/v1/fleet/", "/openapi.json");
+        let Ok(r) = self.http.get(&url).send() else {
+            return Ok(None); // unreachable: the first call retries and says so
+        };
+        let Ok(v) = r.json::<serde_json::Value>() else {
+            return Ok(None);
+        };
+        let Some(version) = v["info"]["version"].as_str().map(String::from) else {
+            return Ok(None);
+        };
+        let minor = |s: &str| s.split('.').take(2).collect::<Vec<_>>().join(".");
+        if minor(&version) != minor(FLOWER_VERSION) {
+            return Err(Error::Invalid(format!(
+                "the SuperLink at {} runs Flower {version}; frugal fed node speaks the Fleet API of Flower {FLOWER_VERSION} (run flwr=={FLOWER_VERSION} there)",
+                self.superlink
+            )));
+        }
+        Ok(Some(version))
+    }
+
     /// The node's public key as Flower identifies it (SubjectPublicKeyInfo PEM).
     pub fn public_key(&self) -> Vec<u8> {
         self.pem.as_bytes().to_vec()
@@ -199,15 +222,16 @@ impl Fleet {
                     chain
                 }
             };
-            if t0.elapsed() + wait > self.retry_for {
+            if t0.elapsed() >= self.retry_for {
                 return Err(CallError::Fatal(Error::Invalid(format!(
                     "the SuperLink at {} is unreachable ({retry}) after {tries} tries over {:.0} s; is it running, and is --superlink right?",
                     self.superlink,
                     t0.elapsed().as_secs_f64()
                 ))));
             }
-            tracing::warn!("{path}: {retry}; retrying in {} s", wait.as_secs());
-            std::thread::sleep(wait);
+            let pause = wait.min(self.retry_for.saturating_sub(t0.elapsed()));
+            tracing::warn!("{path}: {retry}; retrying in {:.1} s", pause.as_secs_f64());
+            std::thread::sleep(pause);
             wait = (wait * 2).min(Duration::from_secs(20));
         }
     }

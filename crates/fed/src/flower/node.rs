@@ -57,6 +57,7 @@ struct Session {
 impl Session {
     fn open(o: &NodeOptions) -> Result<Session> {
         let fleet = Arc::new(Fleet::new(&o.connection)?);
+        fleet.check_version()?;
         let fatal = |e: CallError| {
             match e {
             CallError::Fatal(e) => e,
