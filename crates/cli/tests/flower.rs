@@ -343,3 +343,141 @@ fn a_superlink_of_another_flower_version_is_named() {
         ],
     );
 }
+
+/// The pinned Flower's `bin` folder, as `fed up` and .ci/run make it.
+fn flower_bin() -> PathBuf {
+    let home = std::env::var_os("FRUGAL_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/frugal"));
+    home.join("venvs/flwr-1.42.0/bin")
+}
+
+#[test]
+fn a_node_started_before_its_superlink_keeps_trying_and_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = subset(dir.path(), "train", 50);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("node.log");
+    let node = frugal()
+        .args([
+            "fed",
+            "node",
+            "--superlink",
+            &addr,
+            "--insecure",
+            "--retry-for",
+            "120",
+        ])
+        .args(["--data", train.to_str().unwrap(), "--heartbeat", "10"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut node = Kill(Some(node));
+    std::thread::sleep(Duration::from_secs(4));
+    let bin = flower_bin();
+    if !bin.join("flower-superlink").is_file() {
+        // `fed up` makes the venv; run it once (quick, insecure, 1 round) if no test did yet.
+        let up = dir.path().join("warm");
+        json_of(&[
+            "fed",
+            "up",
+            "--nodes",
+            "2",
+            "--rounds",
+            "1",
+            "--insecure",
+            "--data",
+            train.to_str().unwrap(),
+            "--partition",
+            "iid",
+            "--out",
+            up.to_str().unwrap(),
+            "--json",
+        ]);
+    }
+    let home = dir.path().join("flwr");
+    std::fs::create_dir_all(&home).unwrap();
+    let superlink = std::process::Command::new(bin.join("flower-superlink"))
+        .args([
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--disable-runtime-dependency-installation")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("FLWR_HOME", &home)
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _superlink = Kill(Some(superlink));
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("joined as node")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            node.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "the node gave up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fedprox_with_server_side_differential_privacy_runs_on_flower() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = subset(dir.path(), "train", 12);
+    let out = dir.path().join("prox");
+    let v = json_of(&[
+        "fed",
+        "up",
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--insecure",
+        "--partition",
+        "iid",
+        "--strategy",
+        "fedprox",
+        "--proximal-mu",
+        "0.1",
+        "--dp-noise",
+        "0.1",
+        "--dp-clip",
+        "5",
+        "--data",
+        train.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["strategy"], "fedprox");
+    assert!(
+        v["history"]["train"]["2"]["train_loss"].as_f64().is_some(),
+        "{v}"
+    );
+    let server = std::fs::read_to_string(out.join("logs/serverapp.log")).unwrap();
+    assert!(server.to_lowercase().contains("clipping"), "{server}");
+    // The nodes were told FedProx's μ.
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model/frugal.json")).unwrap()).unwrap();
+    assert_eq!(info["federated"]["strategy"], "fedprox");
+}
