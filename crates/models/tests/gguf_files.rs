@@ -3,7 +3,6 @@
 
 use candle_core::quantized::GgmlDType;
 use frugal_models::chat::{ChatModel, GenerateOptions, SamplingParams};
-use std::path::Path;
 
 use frugal_models::chat::testing::{write_tiny, Spec};
 
