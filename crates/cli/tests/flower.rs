@@ -481,3 +481,146 @@ fn fedprox_with_server_side_differential_privacy_runs_on_flower() {
         serde_json::from_slice(&std::fs::read(out.join("model/frugal.json")).unwrap()).unwrap();
     assert_eq!(info["federated"]["strategy"], "fedprox");
 }
+
+/// A TCP proxy to `upstream` that can drop every connection and refuse new ones for a while.
+struct Proxy {
+    addr: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let (d, c) = (down.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if d.load(Ordering::Relaxed) {
+                    continue; // dropped: the connection closes at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, down, conns }
+    }
+
+    /// Cuts every open connection and refuses new ones for `d`.
+    fn outage(&self, d: Duration) {
+        use std::sync::atomic::Ordering;
+        self.down.store(true, Ordering::Relaxed);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        std::thread::sleep(d);
+        self.down.store(false, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_node_whose_connection_drops_mid_run_comes_back_and_keeps_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = subset(dir.path(), "train", 12);
+    let out = dir.path().join("up");
+    // Two nodes from `fed up`; the run waits for a third, which reaches the SuperLink through a
+    // proxy that will cut it off for a few seconds.
+    let up = frugal()
+        .args([
+            "fed",
+            "up",
+            "--nodes",
+            "2",
+            "--min-nodes",
+            "2",
+            "--rounds",
+            "4",
+        ])
+        .args([
+            "--partition",
+            "iid",
+            "--insecure",
+            "--data",
+            train.to_str().unwrap(),
+            "--json",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = Kill(Some(up));
+    let t0 = Instant::now();
+    let addr = loop {
+        if let Some((a, _)) = superlink_of(&out) {
+            if std::net::TcpStream::connect(&a).is_ok() {
+                break a;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "no SuperLink");
+        assert!(
+            up.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "fed up ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let proxy = Proxy::start(addr);
+    let log = dir.path().join("node.log");
+    let node = frugal()
+        .args([
+            "fed",
+            "node",
+            "--superlink",
+            &proxy.addr,
+            "--insecure",
+            "--heartbeat",
+            "10",
+        ])
+        .args([
+            "--data",
+            train.to_str().unwrap(),
+            "--retry-for",
+            "60",
+            "--poll-ms",
+            "300",
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut node = Kill(Some(node));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    while !read().contains(": trained on") {
+        assert!(t0.elapsed() < Duration::from_secs(600), "{}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = read().matches(": trained on").count() + read().matches(": evaluated on").count();
+    proxy.outage(Duration::from_secs(5));
+    // The run finishes, and the node answered instructions after the outage.
+    let r = up.0.take().unwrap().wait_with_output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let after = read().matches(": trained on").count() + read().matches(": evaluated on").count();
+    assert!(
+        after > before,
+        "nothing answered after the outage:\n{}",
+        read()
+    );
+    assert!(!read().contains("error reply"), "{}", read());
+    let _ = node.0.as_mut().unwrap().try_wait();
+}

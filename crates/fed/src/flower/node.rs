@@ -327,10 +327,13 @@ fn handle(
         },
     )?;
     if r.objects_to_push.is_empty() {
-        return Err(CallError::Fatal(Error::Invalid(format!(
-            "the SuperLink rejected the reply to {} (see its log)",
-            ins.message_id
-        ))));
+        // Flower rejects a reply silently (a duplicate after a lost response, a late one…):
+        // the message is lost for this round, the node goes on.
+        log.errors += 1;
+        return Ok(format!(
+            "{}: the SuperLink did not take the reply to {} (see its log)",
+            ins.message_type, ins.message_id
+        ));
     }
     let mut all = HashMap::new();
     root.all(&mut all);
