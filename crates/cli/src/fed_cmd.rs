@@ -31,6 +31,29 @@ pub enum FedCmd {
     Up(Box<crate::fed_flower::UpArgs>),
 }
 
+/// For `--partition field:NAME`, each example's value of that field (the data must be a file).
+pub(crate) fn partition_groups(data: &str, partition: &Partition) -> Result<Option<Vec<String>>> {
+    Ok(match partition {
+        Partition::Field(f) => {
+            if data == "spamassassin" {
+                bail!("--partition field:{f}: the built-in spamassassin data has only text and label; give a file with that field");
+            }
+            let g = load(
+                Path::new(data),
+                &Fields {
+                    text: f.clone(),
+                    label: String::new(),
+                },
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("--partition field:{f}: every row needs the field: {e}")
+            })?;
+            Some(g.into_iter().map(|e| e.text).collect::<Vec<_>>())
+        }
+        _ => None,
+    })
+}
+
 /// `fed simulate`'s flags parsed from a list (for `frugal report`).
 #[derive(clap::Parser)]
 pub(crate) struct SimulateFlags {
@@ -169,25 +192,7 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
         load(Path::new(&a.data), &a.fields.fields())
             .with_context(|| format!("--data {}", a.data))?
     };
-    let groups = match &a.partition {
-        Partition::Field(f) => {
-            if a.data == "spamassassin" {
-                bail!("--partition field:{f}: the built-in spamassassin data has only text and label; give a file with that field");
-            }
-            let g = load(
-                Path::new(&a.data),
-                &Fields {
-                    text: f.clone(),
-                    label: String::new(),
-                },
-            )
-            .map_err(|e| {
-                anyhow::anyhow!("--partition field:{f}: every row needs the field: {e}")
-            })?;
-            Some(g.into_iter().map(|e| e.text).collect::<Vec<_>>())
-        }
-        _ => None,
-    };
+    let groups = partition_groups(&a.data, &a.partition)?;
     let test = match (&a.test, a.data.as_str()) {
         (Some(t), _) => Some(load_eval(t, &a.fields, ctx.quiet)?),
         (None, "spamassassin") => Some(load_eval("spamassassin", &a.fields, ctx.quiet)?),

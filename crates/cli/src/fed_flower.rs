@@ -234,7 +234,7 @@ pub struct UpArgs {
     test: Option<String>,
     #[command(flatten)]
     fields: FieldArgs,
-    /// iid or dirichlet:ALPHA, as `fed simulate`.
+    /// iid, dirichlet:ALPHA or field:NAME, as `fed simulate`.
     #[arg(long, default_value = "dirichlet:0.5", value_parser = |s: &str| s.parse::<frugal_fed::partition::Partition>())]
     partition: frugal_fed::partition::Partition,
     #[arg(long, default_value_t = 10)]
@@ -455,7 +455,8 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
     if labels.len() < 2 {
         bail!("--data has one label only; a classifier needs two or more");
     }
-    let parts = partition(&examples, None, a.nodes, &a.partition, a.seed)?;
+    let groups = crate::fed_cmd::partition_groups(&a.data, &a.partition)?;
+    let parts = partition(&examples, groups.as_deref(), a.nodes, &a.partition, a.seed)?;
     let bin = flower_venv(ctx.quiet)?;
     // Ctrl-C / SIGTERM: stop the run, the nodes and the SuperLink (they are dropped on return).
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed));
