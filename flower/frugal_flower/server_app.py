@@ -60,7 +60,8 @@ def main(grid: Grid, context: Context) -> None:
             strategy,
             noise_multiplier=float(c["dp-noise"]),
             clipping_norm=float(c["dp-clip"]),
-            num_sampled_clients=n,
+            # Every connected node is sampled (fraction 1.0 by default): `fed up` passes how many.
+            num_sampled_clients=int(c["dp-sampled-nodes"]) or n,
         )
     train_config = {}
     if float(c["lr"]) > 0:
@@ -85,5 +86,8 @@ def main(grid: Grid, context: Context) -> None:
         "train": _records(result.train_metrics_clientapp),
         "evaluate": _records(result.evaluate_metrics_clientapp),
     }
-    with open(os.path.join(out, "history.json"), "w") as f:
+    # Written whole, then renamed: its appearance tells `fed up` the run is done.
+    tmp = os.path.join(out, "history.json.partial")
+    with open(tmp, "w") as f:
         json.dump(history, f, indent=2)
+    os.replace(tmp, os.path.join(out, "history.json"))

@@ -207,29 +207,8 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
     }
     let parts = partition(&examples, groups.as_deref(), a.nodes, &a.partition, a.seed)?;
     let mode = Mode::from(a.mode);
-    let optimizer = a.optimizer.unwrap_or(if mode == Mode::Head {
-        Optimizer::Sgd
-    } else {
-        Optimizer::AdamW
-    });
-    let lr = a.lr.unwrap_or(match (mode, optimizer) {
-        (Mode::Head, Optimizer::Sgd) => 1.0,
-        (Mode::Head, Optimizer::AdamW) => 1e-2,
-        (_, Optimizer::Sgd) => 1e-2,
-        (Mode::Full, Optimizer::AdamW) => 5e-5,
-        (Mode::Lora, Optimizer::AdamW) => 5e-4,
-    });
-    let local = TrainConfig {
-        epochs: a.local_epochs,
-        lr,
-        batch: a.batch,
-        weight_decay: if mode == Mode::Head { 0.0 } else { 0.01 },
-        warmup: 0.0,
-        patience: 0,
-        seed: a.seed,
-        optimizer,
-        ..Default::default()
-    };
+    let local =
+        crate::fed_flower::local_config(mode, a.optimizer, a.lr, a.local_epochs, a.batch, a.seed);
     let per_round = sampled_per_round(a.fraction, a.min_nodes, a.nodes);
     let dp = match (a.dp_noise, a.dp_epsilon) {
         (None, None) => None,

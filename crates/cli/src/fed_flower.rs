@@ -423,6 +423,12 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
     if a.nodes < 1 {
         bail!("--nodes must be at least 1");
     }
+    if !(10.0..=1800.0).contains(&a.heartbeat) {
+        bail!(
+            "--heartbeat {}: Flower accepts 10 to 1800 seconds",
+            a.heartbeat
+        );
+    }
     let min_nodes = a.min_nodes.unwrap_or(a.nodes);
     if min_nodes == 0 || min_nodes > a.nodes {
         bail!("--min-nodes {min_nodes}: between 1 and --nodes {}", a.nodes);
@@ -605,6 +611,7 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
         format!("local-epochs={}", a.local_epochs),
         format!("dp-noise={:?}", a.dp_noise),
         format!("dp-clip={:?}", a.dp_clip),
+        format!("dp-sampled-nodes={}", a.nodes),
     ];
     if let Some(lr) = a.lr {
         cfg.push(format!("lr={lr:?}"));
@@ -630,6 +637,24 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
             bail!(
                 "stopped; the federation was shut down (logs in {})",
                 logs.display()
+            );
+        }
+        // Flower would wait for nodes that are gone: say so instead.
+        let mut alive = 0;
+        for n in nodes.iter_mut() {
+            alive += matches!(n.child.try_wait(), Ok(None)) as usize;
+        }
+        if alive < min_nodes {
+            bail!(
+                "only {alive} of {} nodes are still running (the run needs {min_nodes}); see {}",
+                a.nodes,
+                logs.display()
+            );
+        }
+        if let Ok(Some(s)) = superlink.child.try_wait() {
+            bail!(
+                "the Flower SuperLink exited ({s}); see {}",
+                logs.join("superlink.log").display()
             );
         }
         if t_run.elapsed() > Duration::from_secs(3600) {

@@ -551,7 +551,7 @@ fn generation(
         "test_examples": test.len(),
         "zero_shot": zero,
         "sft": tuned,
-        "rouge_l_gain": tuned.rouge_l / zero.rouge_l.max(1e-9) - 1.0,
+        "rouge_l_gain": (zero.rouge_l > 0.0).then(|| tuned.rouge_l / zero.rouge_l - 1.0),
         "train_seconds": train_secs,
         "train_usd": pricing.local_usd(train_secs),
         "train_tokens_per_s": r.tokens_per_s,
@@ -1358,11 +1358,13 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
             "| {reference} (hosted) | — | — | {:.1} (the real subjects) | ${ref_cost:.5} | 0.00% | — | — |\n",
             g["sft"]["mean_reference_words"].as_f64().unwrap_or(0.0)
         ));
-        s.push_str(&format!(
-            "\nFine-tuning changed ROUGE-L by {:+.0}% ({} test pairs).\n",
-            g["rouge_l_gain"].as_f64().unwrap_or(0.0) * 100.0,
-            g["test_examples"]
-        ));
+        if let Some(gain) = g["rouge_l_gain"].as_f64() {
+            s.push_str(&format!(
+                "\nFine-tuning changed ROUGE-L by {:+.0}% ({} test pairs).\n",
+                gain * 100.0,
+                g["test_examples"]
+            ));
+        }
     }
     let curve = &report["learning_curve"];
     s.push_str("\n## Few-shot learning curve\n\n");

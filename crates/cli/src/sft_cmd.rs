@@ -402,9 +402,14 @@ pub(crate) fn score_generation(
         words += answer.split_whitespace().count();
         ref_words += ex.answer.split_whitespace().count();
         gen_tokens += g.completion_tokens;
-        hosted +=
-            frugal_serve::pricing::Pricing::hosted_usd(&pricing.reference, &prompt, &ex.answer)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        // The hosted model is priced on the messages' text (its own template is its business).
+        let asked: Vec<&str> = ex.messages.iter().map(|m| m.content.as_str()).collect();
+        hosted += frugal_serve::pricing::Pricing::hosted_usd(
+            &pricing.reference,
+            &asked.join("\n"),
+            &ex.answer,
+        )
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         rows.push(serde_json::json!({
             "prompt": ex.prompt(), "reference": ex.answer, "answer": answer,
             "rouge_l": r, "exact": em, "completion_tokens": g.completion_tokens,

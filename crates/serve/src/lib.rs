@@ -180,6 +180,14 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
         }
         Ok(())
     };
+    for (i, (name, dir)) in cfg.adapters.iter().enumerate() {
+        if cfg.adapters[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "--adapter {name}={}: `{name}` already has an adapter; serve the base under another name for a second one",
+                dir.display()
+            ));
+        }
+    }
     for spec in &cfg.models {
         let (name, spec) = split_name(spec);
         claim(&name, "--model")?;

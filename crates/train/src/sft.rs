@@ -160,11 +160,14 @@ pub fn encode(
             .to_vec();
         // Up to and including the end-of-turn token; what the template adds after it is not
         // something to predict.
-        if let Some(end) = a_ids.iter().position(|&t| t == model.tokenizer.eos) {
+        if let Some(end) = a_ids
+            .iter()
+            .position(|t| model.tokenizer.stop_ids.contains(t))
+        {
             a_ids.truncate(end + 1);
         }
         st.examples += 1;
-        if p_ids.len() + 1 >= max_len {
+        if p_ids.len() >= max_len {
             st.dropped += 1;
             continue;
         }
@@ -294,6 +297,13 @@ impl Task for SftTask<'_> {
 /// in `spec.out` (`adapter.safetensors` + `adapter.json`).
 pub fn train_sft(spec: &SftSpec, progress: &mut dyn FnMut(Progress)) -> Result<SftReport> {
     let chat = ChatModel::load(spec.base)?;
+    if spec.max_len > chat.context_length() {
+        return Err(Error::Invalid(format!(
+            "--max-len {}: the model's context window is {} tokens",
+            spec.max_len,
+            chat.context_length()
+        )));
+    }
     let (train, train_stats) = encode(&chat, spec.train, spec.max_len)?;
     if train.is_empty() {
         return Err(Error::Invalid(format!(
@@ -339,15 +349,20 @@ pub fn train_sft(spec: &SftSpec, progress: &mut dyn FnMut(Progress)) -> Result<S
         let adapter = Adapter::from_model(m, info(valid_loss))?;
         crate::replace_dir(&out, |tmp| Ok(adapter.save(tmp)?))
     };
-    let fingerprint = format!(
-        "{base_sha256} {:?} {} {}",
-        spec.lora,
-        spec.max_len,
-        train
-            .iter()
-            .map(|e| e.ids.len())
-            .fold(0usize, |h, n| h.wrapping_mul(31).wrapping_add(n))
-    );
+    // A resumed run must see the same base, settings and token ids (training and validation).
+    let fingerprint = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for e in train.iter().chain(&valid) {
+            h.update((e.answer_start as u64).to_le_bytes());
+            for id in &e.ids {
+                h.update(id.to_le_bytes());
+            }
+            h.update([0xff; 4]);
+        }
+        let data: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{base_sha256} {:?} {} {data}", spec.lora, spec.max_len)
+    };
     let vars = model.adapter_vars();
     let control = Control {
         checkpointing: Some(Checkpointing {

@@ -35,6 +35,9 @@ pub enum CallError {
     RunNotRunning(String),
     /// The SuperLink does not know this node's key (401), e.g. after a restart: join again.
     Unauthorized,
+    /// This one message cannot be handled (its objects are gone, a reply object was refused):
+    /// count it and go on.
+    Message(String),
     /// Anything else; fatal for the node.
     Fatal(Error),
 }
@@ -52,7 +55,8 @@ pub struct Fleet {
     superlink: String,
     key: SigningKey,
     pem: String,
-    retry_for: Duration,
+    /// Milliseconds to keep retrying (shortened for the goodbye calls at shutdown).
+    retry_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Fleet {
@@ -100,7 +104,7 @@ impl Fleet {
             superlink: c.superlink.clone(),
             key,
             pem,
-            retry_for: c.retry_for,
+            retry_ms: std::sync::atomic::AtomicU64::new(c.retry_for.as_millis() as u64),
         })
     }
 
@@ -125,6 +129,12 @@ impl Fleet {
             )));
         }
         Ok(Some(version))
+    }
+
+    /// Retries for at most `d` from now on (shutdown should not wait for a SuperLink that went).
+    pub fn set_retry_for(&self, d: Duration) {
+        self.retry_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The node's public key as Flower identifies it (SubjectPublicKeyInfo PEM).
@@ -158,6 +168,8 @@ impl Fleet {
     ) -> std::result::Result<Resp, CallError> {
         let body = req.encode_to_vec();
         let t0 = Instant::now();
+        let retry_for =
+            Duration::from_millis(self.retry_ms.load(std::sync::atomic::Ordering::Relaxed));
         let mut wait = Duration::from_secs(1);
         let mut tries = 0;
         loop {
@@ -177,10 +189,10 @@ impl Fleet {
             let retry = match rb.send() {
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    let bytes = r.bytes().map_err(|e| {
-                        Error::Invalid(format!("reading the SuperLink's answer to {path}: {e}"))
-                    })?;
-                    match status {
+                    match r.bytes() {
+                        // A connection lost mid-answer is retried like one lost before it.
+                        Err(e) => error_chain(&e),
+                        Ok(bytes) => match status {
                         200 => {
                             return Resp::decode(bytes.as_ref()).map_err(|e| {
                                 CallError::Fatal(Error::Invalid(format!(
@@ -207,6 +219,7 @@ impl Fleet {
                                 String::from_utf8_lossy(&bytes)
                             ))))
                         }
+                        },
                     }
                 }
                 Err(e) => {
@@ -222,14 +235,14 @@ impl Fleet {
                     chain
                 }
             };
-            if t0.elapsed() >= self.retry_for {
+            if t0.elapsed() >= retry_for {
                 return Err(CallError::Fatal(Error::Invalid(format!(
                     "the SuperLink at {} is unreachable ({retry}) after {tries} tries over {:.0} s; is it running, and is --superlink right?",
                     self.superlink,
                     t0.elapsed().as_secs_f64()
                 ))));
             }
-            let pause = wait.min(self.retry_for.saturating_sub(t0.elapsed()));
+            let pause = wait.min(retry_for.saturating_sub(t0.elapsed()));
             tracing::warn!("{path}: {retry}; retrying in {:.1} s", pause.as_secs_f64());
             std::thread::sleep(pause);
             wait = (wait * 2).min(Duration::from_secs(20));

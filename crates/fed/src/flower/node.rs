@@ -65,6 +65,7 @@ impl Session {
             CallError::Unauthorized => Error::Invalid(
                 "the SuperLink refused this node's signature (401); are the clocks in sync, and is node authentication off?".into(),
             ),
+            CallError::Message(m) => Error::Invalid(m),
         }
         };
         let reg: proto::RegisterNodeFleetResponse = fleet
@@ -117,9 +118,10 @@ impl Session {
         Ok(Session { fleet, node, alive })
     }
 
-    /// Deactivates and unregisters (best effort).
+    /// Deactivates and unregisters (best effort, a few seconds at most).
     fn close(self) {
         self.alive.store(false, Ordering::Relaxed);
+        self.fleet.set_retry_for(Duration::from_secs(3));
         let id = self.node.node_id;
         let _: std::result::Result<proto::DeactivateNodeResponse, _> = self.fleet.call(
             "deactivate-node",
@@ -170,7 +172,10 @@ pub fn run(
                 s.close();
                 return Err(e);
             }
-            Err(CallError::RunNotRunning(_)) => continue,
+            Err(CallError::RunNotRunning(_)) | Err(CallError::Message(_)) => {
+                sleep_unless(stop, o.poll);
+                continue;
+            }
         };
         let (Some(msg), Some(tree)) = (
             pulled.messages_list.into_iter().next(),
@@ -184,6 +189,10 @@ pub fn run(
             Ok(what) => log_line(&what),
             Err(CallError::RunNotRunning(_)) => log_line("run is not running; message dropped"),
             Err(CallError::Unauthorized) => log_line("the SuperLink forgot this node mid-message"),
+            Err(CallError::Message(m)) => {
+                log.errors += 1;
+                log_line(&format!("{}: dropped: {m}", md.message_type));
+            }
             Err(CallError::Fatal(e)) => {
                 s.close();
                 return Err(e);
@@ -227,20 +236,20 @@ fn pull_objects(
             },
         )?;
         if !r.object_found {
-            return Err(CallError::Fatal(Error::Invalid(format!(
+            return Err(CallError::Message(format!(
                 "the SuperLink has no object {} of run {run_id}",
                 tree.object_id
-            ))));
+            )));
         }
         if r.object_available {
             out.insert(tree.object_id.clone(), r.object_content);
             return Ok(());
         }
         if t0.elapsed() > Duration::from_secs(600) {
-            return Err(CallError::Fatal(Error::Invalid(format!(
+            return Err(CallError::Message(format!(
                 "object {} of run {run_id} did not become available in 600 s",
                 tree.object_id
-            ))));
+            )));
         }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(5));
@@ -284,38 +293,24 @@ fn handle(
         src_task_id: ins.dst_task_id,
         dst_task_id: ins.src_task_id,
     };
-    let (root, line) = match outcome {
-        Ok((content, line)) => {
-            if ins.message_type.starts_with("train") {
-                log.trained += 1;
-            } else {
-                log.evaluated += 1;
-            }
-            (objects::message(&reply_md, Some(content), None), line)
-        }
+    let (root, error, line) = match outcome {
+        Ok((content, line)) => (objects::message(&reply_md, Some(content), None), None, line),
         Err(e) => {
-            log.errors += 1;
-            let reason = e.to_string();
-            (
-                objects::message(
-                    &reply_md,
-                    None,
-                    Some(proto::Error {
-                        code: 2,
-                        reason: reason.clone(),
-                    }),
-                ),
-                format!("{}: error reply: {reason}", ins.message_type),
-            )
+            let error = proto::Error {
+                code: 2,
+                reason: e.to_string(),
+            };
+            let line = format!("{}: error reply: {}", ins.message_type, error.reason);
+            let root = objects::message(&reply_md, None, Some(error.clone()));
+            (root, Some(error), line)
         }
     };
     let mut pushed_md = reply_md.clone();
     pushed_md.message_id = root.id.clone();
-    let has_error = root.children.is_empty();
     let pushed = proto::Message {
         metadata: Some(pushed_md),
-        content: (!has_error).then(proto::RecordDict::default),
-        error: if has_error { proto_error(&root) } else { None },
+        content: error.is_none().then(proto::RecordDict::default),
+        error: error.clone(),
     };
     let r: proto::PushMessagesResponse = s.fleet.call(
         "push-messages",
@@ -354,19 +349,18 @@ fn handle(
             },
         )?;
         if !p.stored {
-            return Err(CallError::Fatal(Error::Invalid(format!(
+            return Err(CallError::Message(format!(
                 "the SuperLink did not store object {id} of the reply"
-            ))));
+            )));
         }
     }
+    // Counted once the reply is in (a reply the SuperLink refuses counts as an error above).
+    match (&error, ins.message_type.split('.').next()) {
+        (Some(_), _) => log.errors += 1,
+        (None, Some("train")) => log.trained += 1,
+        _ => log.evaluated += 1,
+    }
     Ok(line)
-}
-
-/// The error of an error-reply Message object (decoded back from its body).
-fn proto_error(root: &Obj) -> Option<proto::Error> {
-    use prost::Message as _;
-    let (_, _, body) = objects::parse(&root.id, &root.content).ok()?;
-    proto::Message::decode(body.as_slice()).ok()?.error
 }
 
 /// A config value as a number.
