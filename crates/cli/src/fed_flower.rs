@@ -170,6 +170,7 @@ pub fn node_cmd(a: NodeArgs, ctx: &Ctx) -> Result<()> {
             root_certificates: a.root_certificates.clone(),
             insecure: a.insecure,
             retry_for: Duration::from_secs(a.retry_for),
+            stop: Some(&STOP),
         },
         heartbeat_interval: a.heartbeat,
         poll: Duration::from_millis(a.poll_ms),
@@ -178,11 +179,21 @@ pub fn node_cmd(a: NodeArgs, ctx: &Ctx) -> Result<()> {
     };
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed));
     let quiet = ctx.quiet;
-    let log = run(&opts, &mut learner, &data, &STOP, &mut |l| {
+    let log = match run(&opts, &mut learner, &data, &STOP, &mut |l| {
         if !quiet {
             eprintln!("frugal node: {l}");
         }
-    })?;
+    }) {
+        Ok(log) => log,
+        // Stopped while still trying to reach the SuperLink: a stop, not a failure.
+        Err(_) if STOP.load(Ordering::Relaxed) => {
+            if !quiet {
+                eprintln!("frugal node: stopped before joining");
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
         println!("{}", serde_json::to_string(&log)?);
     } else if !ctx.quiet {

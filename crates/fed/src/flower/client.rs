@@ -26,6 +26,8 @@ pub struct Connection {
     pub insecure: bool,
     /// How long to keep retrying an unreachable SuperLink before giving up.
     pub retry_for: Duration,
+    /// Set (Ctrl-C, SIGTERM) to make a retrying call give up at once.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Why a call failed.
@@ -57,6 +59,7 @@ pub struct Fleet {
     pem: String,
     /// Milliseconds to keep retrying (shortened for the goodbye calls at shutdown).
     retry_ms: std::sync::atomic::AtomicU64,
+    stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 impl Fleet {
@@ -105,6 +108,7 @@ impl Fleet {
             key,
             pem,
             retry_ms: std::sync::atomic::AtomicU64::new(c.retry_for.as_millis() as u64),
+            stop: c.stop,
         })
     }
 
@@ -129,6 +133,17 @@ impl Fleet {
             )));
         }
         Ok(Some(version))
+    }
+
+    /// The retry budget now: none once a stop was asked for.
+    fn retry_for(&self) -> Duration {
+        if self
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.retry_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Retries for at most `d` from now on (shutdown should not wait for a SuperLink that went).
@@ -168,8 +183,6 @@ impl Fleet {
     ) -> std::result::Result<Resp, CallError> {
         let body = req.encode_to_vec();
         let t0 = Instant::now();
-        let retry_for =
-            Duration::from_millis(self.retry_ms.load(std::sync::atomic::Ordering::Relaxed));
         let mut wait = Duration::from_secs(1);
         let mut tries = 0;
         loop {
@@ -235,6 +248,8 @@ impl Fleet {
                     chain
                 }
             };
+            // Read each time: a stop request shortens it while a call is retrying.
+            let retry_for = self.retry_for();
             if t0.elapsed() >= retry_for {
                 return Err(CallError::Fatal(Error::Invalid(format!(
                     "the SuperLink at {} is unreachable ({retry}) after {tries} tries over {:.0} s; is it running, and is --superlink right?",
@@ -244,7 +259,10 @@ impl Fleet {
             }
             let pause = wait.min(retry_for.saturating_sub(t0.elapsed()));
             tracing::warn!("{path}: {retry}; retrying in {:.1} s", pause.as_secs_f64());
-            std::thread::sleep(pause);
+            let slept = Instant::now();
+            while slept.elapsed() < pause && t0.elapsed() < self.retry_for() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             wait = (wait * 2).min(Duration::from_secs(20));
         }
     }

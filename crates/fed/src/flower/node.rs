@@ -99,6 +99,7 @@ impl Session {
             let mut last = Instant::now();
             while a.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
+
                 if last.elapsed() < every {
                     continue;
                 }
@@ -168,6 +169,8 @@ pub fn run(
                 log_line(&format!("rejoined as node {}", s.node.node_id));
                 continue;
             }
+            // Asked to stop while a call was retrying: that is the stop, not a failure.
+            Err(CallError::Fatal(_)) if stop.load(Ordering::Relaxed) => break,
             Err(CallError::Fatal(e)) => {
                 s.close();
                 return Err(e);
@@ -193,6 +196,8 @@ pub fn run(
                 log.errors += 1;
                 log_line(&format!("{}: dropped: {m}", md.message_type));
             }
+            // Asked to stop while a call was retrying: that is the stop, not a failure.
+            Err(CallError::Fatal(_)) if stop.load(Ordering::Relaxed) => break,
             Err(CallError::Fatal(e)) => {
                 s.close();
                 return Err(e);
