@@ -3,7 +3,6 @@
 //! federation on one machine (a Flower SuperLink, frugal's Flower server app, N nodes).
 
 use crate::data_cmd::FieldArgs;
-use crate::io::store;
 use crate::train_cmd::ModeArg;
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
@@ -11,7 +10,6 @@ use clap::Args;
 use frugal_fed::flower::client::Connection;
 use frugal_fed::flower::node::{run, NodeOptions};
 use frugal_fed::node::NodeData;
-use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::{labels_of, Mode};
 use frugal_train::data::{load, Example};
 use frugal_train::learner::Learner;
@@ -128,15 +126,7 @@ pub fn node_cmd(a: NodeArgs, ctx: &Ctx) -> Result<()> {
             a.heartbeat
         );
     }
-    let base = match resolve_model(&a.base, &store(ctx.quiet))
-        .with_context(|| format!("--base {}", a.base))?
-    {
-        ModelPath::HfDir(d) => d,
-        ModelPath::Gguf(p) => bail!(
-            "--base {}: needs an encoder (minilm, a folder)",
-            p.display()
-        ),
-    };
+    let base = crate::io::encoder_base(&a.base, ctx.quiet)?;
     let examples = load(&a.data, &a.fields.fields())
         .with_context(|| format!("--data {}", a.data.display()))?;
     let labels = if a.labels.is_empty() {
@@ -444,15 +434,7 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
     if min_nodes == 0 || min_nodes > a.nodes {
         bail!("--min-nodes {min_nodes}: between 1 and --nodes {}", a.nodes);
     }
-    let base = match resolve_model(&a.base, &store(ctx.quiet))
-        .with_context(|| format!("--base {}", a.base))?
-    {
-        ModelPath::HfDir(d) => d,
-        ModelPath::Gguf(p) => bail!(
-            "--base {}: needs an encoder (minilm, a folder)",
-            p.display()
-        ),
-    };
+    let base = crate::io::encoder_base(&a.base, ctx.quiet)?;
     let examples = if a.data == "spamassassin" {
         crate::train_cmd::load_sets(&a.data, None, &a.fields, ctx.quiet)?.0
     } else {

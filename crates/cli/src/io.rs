@@ -86,6 +86,17 @@ pub fn load_chat(spec: &str, quiet: bool) -> Result<ChatModel> {
     }
 }
 
+/// The folder of the encoder `spec` names with `--base` (minilm, a folder); a GGUF is refused.
+pub fn encoder_base(spec: &str, quiet: bool) -> Result<std::path::PathBuf> {
+    match resolve_model(spec, &store(quiet)).with_context(|| format!("--base {spec}"))? {
+        ModelPath::HfDir(d) => Ok(d),
+        ModelPath::Gguf(p) => bail!(
+            "--base {}: needs an encoder (minilm, a folder), not a GGUF chat model",
+            p.display()
+        ),
+    }
+}
+
 /// Peak resident memory of this process in MiB (VmHWM), or 0 where /proc is missing.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -1082,13 +1082,7 @@ fn chat_row(
 
 /// The `--base` encoder's folder.
 fn resolve_base(a: &ReportArgs, quiet: bool) -> Result<PathBuf> {
-    match resolve_model(&a.base, &store(quiet)).with_context(|| format!("--base {}", a.base))? {
-        ModelPath::HfDir(d) => Ok(d),
-        ModelPath::Gguf(p) => bail!(
-            "--base {}: needs an encoder (minilm, a folder), not a GGUF chat model",
-            p.display()
-        ),
-    }
+    crate::io::encoder_base(&a.base, quiet)
 }
 
 /// A row with nothing measured yet.

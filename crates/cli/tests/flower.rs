@@ -3,7 +3,7 @@
 //! `frugal fed node` processes training MiniLM heads on SpamAssassin partitions.
 
 mod common;
-use common::{fails, frugal};
+use common::{fails, frugal, json_of};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,16 +24,6 @@ fn subset(dir: &Path, split: &str, step: usize) -> PathBuf {
     let p = dir.join(format!("{split}-every{step}.jsonl"));
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p
-}
-
-fn json_of(args: &[&str]) -> Value {
-    let r = frugal().args(args).output().unwrap();
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&r.stdout).unwrap()
 }
 
 #[test]

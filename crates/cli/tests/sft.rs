@@ -2,7 +2,7 @@
 //! real email-subject pairs from the SpamAssassin corpus.
 
 mod common;
-use common::{fails, frugal};
+use common::{fails, frugal, json_of};
 use serde_json::Value;
 use std::path::Path;
 
@@ -28,16 +28,6 @@ fn subject_pairs(dir: &Path, n: usize) -> std::path::PathBuf {
     let p = dir.join(format!("pairs{n}.jsonl"));
     std::fs::write(&p, first.join("\n") + "\n").unwrap();
     p
-}
-
-fn json_of(args: &[&str]) -> Value {
-    let r = frugal().args(args).output().unwrap();
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&r.stdout).unwrap()
 }
 
 #[test]

@@ -19,3 +19,14 @@ pub fn fails(args: &[&str], needles: &[&str]) {
         assert!(e.contains(n), "'{n}' not in {e}");
     }
 }
+
+/// Runs `frugal ARGS`, which must succeed, and parses its stdout as JSON.
+pub fn json_of(args: &[&str]) -> serde_json::Value {
+    let r = frugal().args(args).output().unwrap();
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    serde_json::from_slice(&r.stdout).unwrap()
+}
