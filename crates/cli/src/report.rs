@@ -243,6 +243,17 @@ struct Task {
     labels: Vec<String>,
 }
 
+impl Task {
+    /// Training examples of the rarest label (what few-shot and training rows can draw on).
+    fn smallest_label(&self) -> usize {
+        self.labels
+            .iter()
+            .map(|l| self.train.iter().filter(|e| e.label == *l).count())
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 fn load_task(a: &ReportArgs, quiet: bool) -> Result<Task> {
     let (name, splits) = match &a.data {
         Some(p) => {
@@ -335,17 +346,9 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             _ => format!("{name}|{common}|{}", a.reference),
         };
         let file = rows_dir.join(format!("{name}.json"));
-        if let Some(r) = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Row>(&b).ok())
-            .filter(|r| r.key == key)
+        if let Some(r) =
+            reuse(&file, &key, name, ctx.quiet).and_then(|v| serde_json::from_value::<Row>(v).ok())
         {
-            if !ctx.quiet {
-                eprintln!(
-                    "frugal: {name}: already computed ({}), reused",
-                    file.display()
-                );
-            }
             rows.push(r);
             continue;
         }
@@ -594,12 +597,7 @@ fn curve(
     if !quiet {
         eprintln!("frugal: learning curve …");
     }
-    let smallest = task
-        .labels
-        .iter()
-        .map(|l| task.train.iter().filter(|e| e.label == *l).count())
-        .min()
-        .unwrap_or(0);
+    let smallest = task.smallest_label();
     let ks: Vec<usize> = ks.into_iter().filter(|&k| k <= smallest).collect();
     let method = format!(
         "transfer learning on k labelled examples per label: a new head on frozen {} embeddings (100 epochs, lr 0.01), {draws} random draws of the examples per k, scored on the {} test texts",
@@ -1116,12 +1114,7 @@ fn trained_row(
     quiet: bool,
 ) -> Result<Row> {
     let dir = a.out.join("models").join(name);
-    let per_label_min = task
-        .labels
-        .iter()
-        .map(|l| task.train.iter().filter(|e| e.label == *l).count())
-        .min()
-        .unwrap_or(0);
+    let per_label_min = task.smallest_label();
     let skip = |reason: String| Row {
         status: format!("skipped: {reason}"),
         ..empty_row(name, task)
