@@ -127,6 +127,7 @@ fn print(json: bool, v: serde_json::Value) {
 fn embed(a: EmbedBench, ctx: &Ctx) -> Result<()> {
     let texts = lines_of(&a.input)?;
     let mut enc = load_encoder(&a.model, ctx.quiet)?;
+    let precision = crate::io::apply_precision(&mut enc, ctx)?;
     enc.set_max_len(a.max_len as usize)
         .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -150,6 +151,7 @@ fn embed(a: EmbedBench, ctx: &Ctx) -> Result<()> {
             "tokens_per_s": round1(tokens as f64 / best),
             "peak_rss_mb": round1(peak_rss_mb()),
             "threads": ctx.threads,
+            "precision": precision.name(),
             "texts": texts.len(),
             "tokens": tokens,
             "batch": a.batch,

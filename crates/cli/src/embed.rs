@@ -27,6 +27,7 @@ pub struct EmbedArgs {
 pub fn run(a: EmbedArgs, ctx: &Ctx) -> Result<()> {
     let texts = texts_from(a.texts)?;
     let mut enc = load_encoder(&a.model, ctx.quiet)?;
+    crate::io::apply_precision(&mut enc, ctx)?;
     if let Some(m) = a.max_len {
         enc.set_max_len(m as usize)
             .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;

@@ -75,6 +75,19 @@ pub fn load_encoder(spec: &str, quiet: bool) -> Result<Encoder> {
     }
 }
 
+/// Runs `enc`'s inference in the precision asked with `--precision`, where this CPU can; the
+/// fallback notice goes to stderr (unless --quiet). Returns the precision in effect.
+pub fn apply_precision(
+    enc: &mut Encoder,
+    ctx: &crate::Ctx,
+) -> Result<frugal_models::lowp::Precision> {
+    let (p, notice) = enc.set_precision(ctx.precision)?;
+    if let (Some(n), false) = (notice, ctx.quiet) {
+        eprintln!("frugal: {n}");
+    }
+    Ok(p)
+}
+
 /// Loads a chat model from an asset name or a .gguf file.
 pub fn load_chat(spec: &str, quiet: bool) -> Result<ChatModel> {
     match resolve_model(spec, &store(quiet))? {

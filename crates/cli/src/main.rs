@@ -34,6 +34,11 @@ struct Cli {
     /// No progress bars or notices.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Precision of encoder inference (embed, eval, predict, serve, bench embed): f32, bf16
+    /// (AVX512-BF16) or int8 (AVX512-VNNI); a CPU without the instructions runs f32 and says so.
+    /// Training always runs in f32.
+    #[arg(long, global = true, default_value = "f32")]
+    precision: frugal_models::lowp::Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,6 +177,8 @@ fn unit_interval(s: &str) -> Result<f32, String> {
 pub struct Ctx {
     pub quiet: bool,
     pub threads: usize,
+    /// Precision asked for encoder inference (`io::apply_precision` resolves it).
+    pub precision: frugal_models::lowp::Precision,
 }
 
 fn main() {
@@ -195,6 +202,7 @@ fn main() {
     let ctx = Ctx {
         quiet: cli.quiet,
         threads,
+        precision: cli.precision,
     };
     let result = match cli.command {
         Command::Assets(c) => assets_cmd::run(c, &ctx),

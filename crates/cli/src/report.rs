@@ -912,6 +912,7 @@ fn federated_row(a: &ReportArgs, task: &Task, pricing: &Pricing, ctx: &Ctx) -> R
     let quiet = crate::Ctx {
         quiet: true,
         threads: ctx.threads,
+        precision: ctx.precision,
     };
     crate::fed_cmd::simulate_cmd(flags.args, &quiet, false)?;
     let train_secs = t0.elapsed().as_secs_f64();

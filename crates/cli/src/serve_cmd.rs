@@ -169,6 +169,13 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
             threshold: a.cache_threshold,
             capacity: a.cache_size,
         }),
+        precision: {
+            let (p, notice) = ctx.precision.resolve();
+            if let (Some(n), false) = (notice, ctx.quiet) {
+                eprintln!("frugal: {n}");
+            }
+            p
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ctx.threads.clamp(1, 4))

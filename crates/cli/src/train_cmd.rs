@@ -240,8 +240,9 @@ pub struct EvalArgs {
 }
 
 pub fn eval_cmd(a: EvalArgs, ctx: &Ctx) -> Result<()> {
-    let (clf, _) =
+    let (mut clf, _) =
         Classifier::load(&a.model).with_context(|| format!("--model {}", a.model.display()))?;
+    crate::io::apply_precision(&mut clf.encoder, ctx)?;
     let data = load_eval(&a.data, &a.fields, ctx.quiet)?;
     let m = clf.evaluate(&data, 32)?;
     if a.json {
@@ -285,9 +286,10 @@ pub struct PredictArgs {
     json: bool,
 }
 
-pub fn predict_cmd(a: PredictArgs, _ctx: &Ctx) -> Result<()> {
-    let (clf, _) =
+pub fn predict_cmd(a: PredictArgs, ctx: &Ctx) -> Result<()> {
+    let (mut clf, _) =
         Classifier::load(&a.model).with_context(|| format!("--model {}", a.model.display()))?;
+    crate::io::apply_precision(&mut clf.encoder, ctx)?;
     let texts = match &a.input {
         Some(p) => crate::io::lines_of(p)?,
         None => crate::io::texts_from(a.texts)?,

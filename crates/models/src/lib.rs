@@ -5,6 +5,7 @@ pub mod assets;
 pub mod chat;
 pub mod encoder;
 pub mod error;
+pub mod lowp;
 pub mod resolve;
 
 pub use error::{Error, Result};

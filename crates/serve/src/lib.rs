@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub pricing: Pricing,
     pub route: Option<route::RouteConfig>,
     pub cache: Option<cache::CacheConfig>,
+    /// Precision of encoder and classifier inference, already resolved against the CPU.
+    pub precision: frugal_models::lowp::Precision,
 }
 
 /// Loaded models by name.
@@ -204,7 +206,10 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
                 loaded.chat.insert(name, w);
             }
             ModelPath::HfDir(dir) => {
-                let enc = Encoder::load(&dir).map_err(|e| format!("--model {spec}: {e}"))?;
+                let mut enc = Encoder::load(&dir).map_err(|e| format!("--model {spec}: {e}"))?;
+                enc.model
+                    .set_precision(cfg.precision)
+                    .map_err(|e| format!("--model {spec}: {e}"))?;
                 let w = BatchWorker::spawn(
                     &name,
                     embed_fn(enc),
@@ -229,7 +234,11 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
     }
     for (name, dir) in &cfg.classifiers {
         claim(name, "--classifier")?;
-        let (clf, info) = frugal_train::classifier::Classifier::load(dir)
+        let (mut clf, info) = frugal_train::classifier::Classifier::load(dir)
+            .map_err(|e| format!("--classifier {name}={}: {e}", dir.display()))?;
+        clf.encoder
+            .model
+            .set_precision(cfg.precision)
             .map_err(|e| format!("--classifier {name}={}: {e}", dir.display()))?;
         let w = BatchWorker::spawn(
             name,
@@ -351,6 +360,7 @@ mod tests {
             pricing,
             route: None,
             cache: None,
+            precision: Default::default(),
         }
     }
 

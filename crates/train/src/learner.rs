@@ -84,6 +84,11 @@ impl Prepared {
         })
     }
 
+    /// Head mode's embeddings (n × dim); None in the other modes.
+    pub fn embeddings(&self) -> Option<&Tensor> {
+        self.cached.as_ref()
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.targets.len()

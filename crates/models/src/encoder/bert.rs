@@ -7,7 +7,8 @@
 //! have no backward pass).
 
 use super::ops::gelu_erf;
-use candle_core::{DType, Module, Tensor, D};
+use crate::lowp::{PackedLinear, Precision};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -69,13 +70,33 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if !train {
-            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+            return super::ops::add_layer_norm(x, None, &self.weight, &self.bias, self.eps as f32);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+
+    /// LayerNorm(x + residual), fused in inference.
+    fn forward_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        if train {
+            self.forward(&(x + residual)?, true)
+        } else {
+            super::ops::add_layer_norm(
+                x,
+                Some(residual),
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )
+        }
     }
 }
 
@@ -91,6 +112,53 @@ struct Layer {
     /// Low-rank adapters on the query and value projections (LoRA), when added.
     lora_q: Option<Lora>,
     lora_v: Option<Lora>,
+    /// The layer's projections packed in bf16 or int8 for inference (`Bert::set_precision`).
+    packed: Option<PackedLayer>,
+}
+
+/// A layer's four matrix products in reduced precision: Q, K and V as one product (the input
+/// converted once; Q's 1/√d folded in), the attention output, the feed-forward input (GELU
+/// fused) and output.
+struct PackedLayer {
+    qkv: PackedLinear,
+    attn_out: PackedLinear,
+    inter: PackedLinear,
+    out: PackedLinear,
+}
+
+/// `x·Wᵀ + b` of a packed layer as a candle op (inference only: no backward pass).
+struct PackedOp<'a>(&'a PackedLinear);
+
+impl CustomOp1 for PackedOp<'_> {
+    fn name(&self) -> &'static str {
+        "frugal-packed-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = s.as_slice::<f32>()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("packed linear: input must be contiguous")
+        };
+        let dims = l.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        let m = if k == 0 { 0 } else { (b - a) / k };
+        let mut out = vec![0f32; m * self.0.out_dim()];
+        self.0.forward(&data[a..b], m, &mut out);
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.0.out_dim();
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// The weight (out × in, row-major) and bias of a linear layer as plain numbers.
+fn linear_parts(lin: &Linear) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let w = lin.weight().flatten_all()?.to_vec1::<f32>()?;
+    let b = match lin.bias() {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; lin.weight().dim(0)?],
+    };
+    Ok((w, b))
 }
 
 /// A low-rank adapter on a projection (Hu et al. 2021): y = W·x + b + s·B·(A·x), A (r × in)
@@ -128,6 +196,8 @@ pub struct Bert {
     pub attention_dropout: f32,
     /// Seed of the next dropout mask (each mask takes the next number); see `reseed_dropout`.
     dropout_seed: std::sync::atomic::AtomicU64,
+    /// Precision of the inference matrix products (training always runs in f32).
+    precision: Precision,
 }
 
 impl Bert {
@@ -161,6 +231,7 @@ impl Bert {
                 out_norm: LayerNorm::load(l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
                 lora_q: None,
                 lora_v: None,
+                packed: None,
             });
         }
         Ok(Bert {
@@ -174,7 +245,54 @@ impl Bert {
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
             dropout_seed: Default::default(),
+            precision: Precision::F32,
         })
+    }
+
+    /// Runs inference's matrix products in `precision` (bf16 or int8 pack the current weights;
+    /// f32 drops the packed copies). Training is unaffected: it always uses the f32 weights.
+    /// The caller resolves the precision against the CPU first (`Precision::resolve`); an
+    /// unresolved one still runs, on the scalar kernels.
+    pub fn set_precision(&mut self, precision: Precision) -> candle_core::Result<()> {
+        if precision != Precision::F32 && self.has_lora() {
+            candle_core::bail!(
+                "--precision {precision}: this encoder has LoRA adapters; merge them into a checkpoint first (reduced precision packs plain weights)"
+            );
+        }
+        let nh = self.config.num_attention_heads;
+        let h = self.config.hidden_size;
+        let scale = 1.0 / ((h / nh) as f32).sqrt();
+        for layer in &mut self.layers {
+            layer.packed = if precision == Precision::F32 {
+                None
+            } else {
+                let (mut w, mut b) = linear_parts(&layer.query)?;
+                w.iter_mut().chain(b.iter_mut()).for_each(|v| *v *= scale);
+                for lin in [&layer.key, &layer.value] {
+                    let (wk, bk) = linear_parts(lin)?;
+                    w.extend(wk);
+                    b.extend(bk);
+                }
+                let pack = |lin: &Linear, gelu: bool| -> candle_core::Result<PackedLinear> {
+                    let (w, b) = linear_parts(lin)?;
+                    let (n, k) = lin.weight().dims2()?;
+                    Ok(PackedLinear::new(&w, &b, n, k, precision, gelu))
+                };
+                Some(PackedLayer {
+                    qkv: PackedLinear::new(&w, &b, 3 * h, h, precision, false),
+                    attn_out: pack(&layer.attn_out, false)?,
+                    inter: pack(&layer.inter, true)?,
+                    out: pack(&layer.out, false)?,
+                })
+            };
+        }
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// Precision of the inference matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Adds rank-`rank` LoRA adapters to every layer's query and value projections, as
@@ -319,27 +437,43 @@ impl Bert {
         let mut outs = vec![];
         for layer in &self.layers {
             let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
-            let q = heads((Lora::apply(&layer.query, &layer.lora_q, &x)? * scale)?)?;
-            let k = heads(layer.key.forward(&x)?)?;
-            let v = heads(Lora::apply(&layer.value, &layer.lora_v, &x)?)?;
+            let packed = layer.packed.as_ref().filter(|_| !self.train);
+            let (q, k, v) = if let Some(p) = packed {
+                let qkv = x.apply_op1_no_bwd(&PackedOp(&p.qkv))?;
+                (
+                    heads(qkv.narrow(1, 0, h)?)?,
+                    heads(qkv.narrow(1, h, h)?)?,
+                    heads(qkv.narrow(1, 2 * h, h)?)?,
+                )
+            } else {
+                (
+                    heads((Lora::apply(&layer.query, &layer.lora_q, &x)? * scale)?)?,
+                    heads(layer.key.forward(&x)?)?,
+                    heads(Lora::apply(&layer.value, &layer.lora_v, &x)?)?,
+                )
+            };
             let mut scores = q.matmul(&k.t()?)?;
             if let Some(bias) = &bias {
                 scores = scores.broadcast_add(bias)?;
             }
             // candle's fused softmax has no backward pass (the graph would be cut before Q and
             // K); training takes the generic one.
-            let probs = if self.train {
-                super::ops::softmax_last_dim(&scores)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&scores)?
-            };
+            let probs = super::ops::softmax_last_dim(&scores)?;
             let probs = self.drop(probs, self.attention_dropout)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
-            let a = self.drop(layer.attn_out.forward(&ctx)?, self.hidden_dropout)?;
-            x = layer.attn_norm.forward(&(a + &x)?, self.train)?;
-            let i = gelu_erf(&layer.inter.forward(&x)?)?;
-            let o = self.drop(layer.out.forward(&i)?, self.hidden_dropout)?;
-            x = layer.out_norm.forward(&(o + &x)?, self.train)?;
+            if let Some(p) = packed {
+                let a = ctx.apply_op1_no_bwd(&PackedOp(&p.attn_out))?;
+                x = layer.attn_norm.forward_add(&a, &x, false)?;
+                let i = x.apply_op1_no_bwd(&PackedOp(&p.inter))?;
+                let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
+                x = layer.out_norm.forward_add(&o, &x, false)?;
+            } else {
+                let a = self.drop(layer.attn_out.forward(&ctx)?, self.hidden_dropout)?;
+                x = layer.attn_norm.forward_add(&a, &x, self.train)?;
+                let i = gelu_erf(&layer.inter.forward(&x)?)?;
+                let o = self.drop(layer.out.forward(&i)?, self.hidden_dropout)?;
+                x = layer.out_norm.forward_add(&o, &x, self.train)?;
+            }
             if all {
                 outs.push(x.reshape((b, len, h))?);
             }

@@ -229,6 +229,17 @@ impl Encoder {
         Ok((enc, varmap))
     }
 
+    /// Runs inference's matrix products in `precision` where this CPU has the instructions
+    /// (else f32). Returns the precision in effect and, after a fallback, a notice saying why.
+    pub fn set_precision(
+        &mut self,
+        precision: crate::lowp::Precision,
+    ) -> Result<(crate::lowp::Precision, Option<String>)> {
+        let (effective, notice) = precision.resolve();
+        self.model.set_precision(effective)?;
+        Ok((effective, notice))
+    }
+
     /// Output dimension.
     pub fn dim(&self) -> usize {
         self.model.config.hidden_size
