@@ -26,6 +26,9 @@ pub enum BenchCmd {
     /// Load on a running server: concurrent clients for a fixed time; statuses, latency,
     /// throughput and the server's memory.
     Serve(crate::bench_serve::ServeBench),
+    /// Every anchor workload in one go (embeddings in each precision, generation, fine-tuning),
+    /// each in its own process; with --anchors, beside the reference implementations.
+    All(crate::bench_all::AllBench),
 }
 
 #[derive(Args)]
@@ -109,6 +112,7 @@ pub fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<()> {
         BenchCmd::Train(a) => train(a, ctx),
         BenchCmd::Sft(a) => sft(a, ctx),
         BenchCmd::Serve(a) => crate::bench_serve::run(a),
+        BenchCmd::All(a) => crate::bench_all::run(a, ctx),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod assets_cmd;
 mod bench;
+mod bench_all;
 mod bench_serve;
 mod chart;
 mod chat;

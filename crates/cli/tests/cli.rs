@@ -145,6 +145,82 @@ fn tokenize_matches_llama_cpp_ids() {
     );
 }
 
+/// The vectors of `frugal embed --json` for `texts` under extra flags and environment.
+fn vectors(flags: &[&str], env: &[(&str, &str)], texts: &str) -> (Vec<Vec<f64>>, String) {
+    let mut cmd = frugal();
+    cmd.args(flags)
+        .args(["embed", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(texts.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let j: serde_json::Value = serde_json::from_str(l).unwrap();
+            j["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    (v, stderr(&o))
+}
+
+/// `--precision bf16|int8` embeds close to f32 but not identically; on a CPU without the
+/// instructions (simulated) it runs f32, gives f32's numbers and says why; an unknown
+/// precision is refused naming the choices.
+#[test]
+fn precision_flag_runs_reduced_precision_or_falls_back_with_a_notice() {
+    let texts = "Win a free cruise, click here now\nMinutes of the budget meeting are attached\n";
+    let (f32v, _) = vectors(&[], &[], texts);
+    for p in ["bf16", "int8"] {
+        let (v, err) = vectors(&["--precision", p], &[], texts);
+        let worst = f32v
+            .iter()
+            .flatten()
+            .zip(v.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        if err.contains("lacks") {
+            eprintln!("{p} not available here: {err}");
+            assert_eq!(worst, 0.0);
+            continue;
+        }
+        assert!(worst > 0.0 && worst < 1.5e-2, "{p}: {worst}");
+        let (fallback, notice) = vectors(
+            &["--precision", p],
+            &[("FRUGAL_DISABLE_CPU_FEATURES", "avx512bf16,avx512vnni")],
+            texts,
+        );
+        assert_eq!(fallback, f32v, "{p} falls back to f32 exactly");
+        assert!(
+            notice.contains(&format!("--precision {p}: this CPU lacks AVX512-"))
+                && notice.contains("running in f32"),
+            "{notice}"
+        );
+    }
+    let o = frugal()
+        .args(["--precision", "fp8", "embed", "x"])
+        .output()
+        .unwrap();
+    fails_with(&o, &["--precision", "f32, bf16 or int8"]);
+}
+
 #[test]
 fn bench_embed_and_generate_print_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();
