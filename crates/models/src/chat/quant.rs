@@ -85,6 +85,11 @@ pub struct QActs {
     cols: usize,
     /// Int8 blocks (for quantised weights) or f32 rows (for F32/F16 weights).
     int8: bool,
+    /// Rows.
+    n: usize,
+    /// `s` transposed (block-major: `s_t[b * n + t]`), so the AVX-512 kernel sums the Q4_1
+    /// offset terms of several rows in one vector (each lane in ggml's order).
+    s_t: Vec<f32>,
 }
 
 impl QMatrix {
@@ -195,6 +200,8 @@ impl QMatrix {
                 f32_rows: x.to_vec(),
                 cols,
                 int8: false,
+                n,
+                s_t: vec![],
             },
             _ => {
                 let nb = cols / QK;
@@ -206,6 +213,8 @@ impl QMatrix {
                     f32_rows: vec![],
                     cols,
                     int8: true,
+                    n,
+                    s_t: vec![],
                 };
                 for (b, (xb, qb)) in x
                     .chunks_exact(QK)
@@ -225,6 +234,14 @@ impl QMatrix {
                     }
                     acts.d[b] = f16::from_f32(d).to_f32();
                     acts.s[b] = f16::from_f32(d * sum as f32).to_f32();
+                }
+                if self.wtype == WType::Q4_1 {
+                    acts.s_t = vec![0.0; n * nb];
+                    for t in 0..n {
+                        for b in 0..nb {
+                            acts.s_t[b * n + t] = acts.s[t * nb + b];
+                        }
+                    }
                 }
                 acts
             }
@@ -292,6 +309,44 @@ impl QMatrix {
             let o = out.add(t * self.rows + r);
             *o = if accumulate { *o + v } else { v };
         };
+        let mut rows = rows;
+        // Two weight rows at a time in the halves of 512-bit registers, up to 8 activation rows
+        // per pass (same arithmetic per row as below, so the same numbers).
+        #[cfg(target_arch = "x86_64")]
+        // (Not for one row, a decode step: there the 256-bit kernel below is faster on CPUs that
+        // split 512-bit operations in two, such as Zen 4.)
+        if n >= 2 && matches!(self.wtype, WType::Q4_1 | WType::Q8_0) && avx512::available() {
+            let nb = acts.blocks_per_row;
+            while rows.len() >= 2 {
+                let r = rows.start;
+                let (w0, w1) = (self.row(r), self.row(r + 1));
+                let mut t0 = 0;
+                while t0 < n {
+                    let left = n - t0;
+                    macro_rules! run {
+                        ($t:literal) => {{
+                            let (a, b) = if self.wtype == WType::Q4_1 {
+                                avx512::q4_1_pair::<$t>(w0, w1, acts, nb, t0)
+                            } else {
+                                avx512::q8_0_pair::<$t>(w0, w1, acts, nb, t0)
+                            };
+                            for j in 0..$t {
+                                put(t0 + j, r, a[j]);
+                                put(t0 + j, r + 1, b[j]);
+                            }
+                            t0 += $t;
+                        }};
+                    }
+                    match left {
+                        8.. => run!(8),
+                        4..=7 => run!(4),
+                        2..=3 => run!(2),
+                        _ => run!(1),
+                    }
+                }
+                rows.start += 2;
+            }
+        }
         // Four activation rows at a time share each unpacked weight block.
         let n4 = n / 4 * 4;
         for r in rows {
@@ -304,6 +359,163 @@ impl QMatrix {
                 put(t, r, self.dots::<1>(r, acts, t)[0]);
             }
         }
+    }
+}
+
+/// AVX-512 kernels (AVX512-BW, -VL, -VNNI, F16C), chosen at run time: two weight rows share
+/// each instruction, one in each 256-bit half, with exactly ggml's per-row arithmetic (integer
+/// dot products, then per block `acc = fma(d_w·d_a, float(dot), acc)`, the Q4_1 offset term
+/// summed apart, the 8 lanes summed at the end).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{f16_at, QActs, QK};
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU runs them (checked once).
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+                && is_x86_feature_detected!("fma")
+                && !std::env::var("FRUGAL_DISABLE_CPU_FEATURES")
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("avx512"))
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [a × 8, b × 8].
+    #[inline(always)]
+    unsafe fn halves(a: f32, b: f32) -> __m512 {
+        _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1)
+    }
+
+    /// Q4_1 weight rows `w0`, `w1` against activation rows `t0..t0 + T`.
+    pub fn q4_1_pair<const T: usize>(
+        w0: &[u8],
+        w1: &[u8],
+        acts: &QActs,
+        nb: usize,
+        t0: usize,
+    ) -> ([f32; T], [f32; T]) {
+        assert!(w0.len() == nb * 20 && w1.len() == nb * 20);
+        assert!(acts.qs.len() >= (t0 + T) * nb * QK && acts.d.len() >= (t0 + T) * nb);
+        assert!(acts.s_t.len() == acts.n * nb && t0 + T <= acts.n);
+        // SAFETY: `available()` was checked by the caller; indices are in bounds by the asserts.
+        unsafe { q4_1_pair_impl::<T>(w0, w1, acts, nb, t0) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")]
+    unsafe fn q4_1_pair_impl<const T: usize>(
+        w0: &[u8],
+        w1: &[u8],
+        acts: &QActs,
+        nb: usize,
+        t0: usize,
+    ) -> ([f32; T], [f32; T]) {
+        let mut acc = [_mm512_setzero_ps(); T];
+        let (mut summs0, mut summs1) = ([0f32; T], [0f32; T]);
+        let mask = _mm256_set1_epi8(0x0f);
+        let (qs, d, st) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.s_t.as_ptr());
+        for b in 0..nb {
+            let (b0, b1) = (w0.as_ptr().add(b * 20), w1.as_ptr().add(b * 20));
+            let (dw0, dw1) = (f16_at(w0, b * 20), f16_at(w1, b * 20));
+            let (mw0, mw1) = (f16_at(w0, b * 20 + 2), f16_at(w1, b * 20 + 2));
+            let raw = _mm256_set_m128i(
+                _mm_loadu_si128(b1.add(4) as *const __m128i),
+                _mm_loadu_si128(b0.add(4) as *const __m128i),
+            );
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            // [lo0, lo1, hi0, hi1] → [lo0, hi0, lo1, hi1]: each row's 32 nibbles in order.
+            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            let w = _mm512_shuffle_i64x2(w, w, 0b11_01_10_00);
+            let dwp = halves(dw0, dw1);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let i = (t0 + j) * nb + b;
+                let a = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+                let sc = _mm512_mul_ps(dwp, _mm512_set1_ps(*d.add(i)));
+                *acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), *acc);
+            }
+            let srow = std::slice::from_raw_parts(st.add(b * acts.n + t0), T);
+            for j in 0..T {
+                summs0[j] += mw0 * srow[j];
+                summs1[j] += mw1 * srow[j];
+            }
+        }
+        let mut out0 = [0f32; T];
+        let mut out1 = [0f32; T];
+        for j in 0..T {
+            out0[j] = hsum(_mm512_castps512_ps256(acc[j])) + summs0[j];
+            out1[j] = hsum(_mm512_extractf32x8_ps(acc[j], 1)) + summs1[j];
+        }
+        (out0, out1)
+    }
+
+    /// Q8_0 weight rows `w0`, `w1` against activation rows `t0..t0 + T` (ggml's sign trick:
+    /// |w| times the activations with w's signs, as unsigned × signed bytes).
+    pub fn q8_0_pair<const T: usize>(
+        w0: &[u8],
+        w1: &[u8],
+        acts: &QActs,
+        nb: usize,
+        t0: usize,
+    ) -> ([f32; T], [f32; T]) {
+        assert!(w0.len() == nb * 34 && w1.len() == nb * 34);
+        assert!(acts.qs.len() >= (t0 + T) * nb * QK && acts.d.len() >= (t0 + T) * nb);
+        // SAFETY: as `q4_1_pair`.
+        unsafe { q8_0_pair_impl::<T>(w0, w1, acts, nb, t0) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")]
+    unsafe fn q8_0_pair_impl<const T: usize>(
+        w0: &[u8],
+        w1: &[u8],
+        acts: &QActs,
+        nb: usize,
+        t0: usize,
+    ) -> ([f32; T], [f32; T]) {
+        let mut acc = [_mm512_setzero_ps(); T];
+        let (qs, d) = (acts.qs.as_ptr(), acts.d.as_ptr());
+        for b in 0..nb {
+            let (b0, b1) = (w0.as_ptr().add(b * 34), w1.as_ptr().add(b * 34));
+            let (dw0, dw1) = (f16_at(w0, b * 34), f16_at(w1, b * 34));
+            let w = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(2) as *const __m256i)),
+                _mm256_loadu_si256(b1.add(2) as *const __m256i),
+                1,
+            );
+            let aw = _mm512_abs_epi8(w);
+            let neg = _mm512_movepi8_mask(w);
+            let dwp = halves(dw0, dw1);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let i = (t0 + j) * nb + b;
+                let a = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
+                let a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, a);
+                let sc = _mm512_mul_ps(dwp, _mm512_set1_ps(*d.add(i)));
+                *acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), *acc);
+            }
+        }
+        let mut out0 = [0f32; T];
+        let mut out1 = [0f32; T];
+        for j in 0..T {
+            out0[j] = hsum(_mm512_castps512_ps256(acc[j]));
+            out1[j] = hsum(_mm512_extractf32x8_ps(acc[j], 1));
+        }
+        (out0, out1)
     }
 }
 
