@@ -313,8 +313,9 @@ impl QMatrix {
         // Two weight rows at a time in the halves of 512-bit registers, up to 8 activation rows
         // per pass (same arithmetic per row as below, so the same numbers).
         #[cfg(target_arch = "x86_64")]
-        // (Not for one row, a decode step: there the 256-bit kernel below is faster on CPUs that
-        // split 512-bit operations in two, such as Zen 4.)
+        // (Not for one activation row, a decode step: two weight rows at a time, in halves or
+        // interleaved in 256-bit registers, measured slower there on Zen 4.)
+        #[cfg(target_arch = "x86_64")]
         if n >= 2 && matches!(self.wtype, WType::Q4_1 | WType::Q8_0) && avx512::available() {
             let nb = acts.blocks_per_row;
             while rows.len() >= 2 {
