@@ -232,7 +232,14 @@ impl PackedLinear {
                         }
                     }
                 }
-                (kp, Packed::Int8 { w: out, scale, comp })
+                (
+                    kp,
+                    Packed::Int8 {
+                        w: out,
+                        scale,
+                        comp,
+                    },
+                )
             }
         };
         PackedLinear {
@@ -329,14 +336,7 @@ impl PackedLinear {
     /// Writes the valid part of a tile (rows `r0..`, panels `p`, `p+1`): the bias added, GELU
     /// applied if asked. Whole 32-column rows so the loops vectorise.
     #[inline]
-    fn write(
-        &self,
-        out: &mut [f32],
-        tile: &mut [f32; MR * 2 * NR],
-        r0: usize,
-        m: usize,
-        p: usize,
-    ) {
+    fn write(&self, out: &mut [f32], tile: &mut [f32; MR * 2 * NR], r0: usize, m: usize, p: usize) {
         let n = self.n;
         let c0 = p * NR;
         if c0 >= n {
@@ -545,8 +545,7 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for r in 0..m {
             for c in 0..n {
-                out[r * n + c] =
-                    (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum::<f32>() + b[c];
+                out[r * n + c] = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum::<f32>() + b[c];
             }
         }
         out
@@ -565,7 +564,10 @@ mod tests {
             lin.forward(&x, m, &mut got);
             let scale = (k as f32).sqrt() * 0.6;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() < tol * scale, "{p} {m}x{n}x{k} [{i}]: {g} vs {w}");
+                assert!(
+                    (g - w).abs() < tol * scale,
+                    "{p} {m}x{n}x{k} [{i}]: {g} vs {w}"
+                );
             }
             // The scalar fallback computes the same sums.
             let mut slow = vec![0f32; m * n];
@@ -573,7 +575,10 @@ mod tests {
                 lin.chunk(xs, o, false);
             }
             for (g, s) in got.iter().zip(&slow) {
-                assert!((g - s).abs() <= 1e-4 * (1.0 + s.abs()), "{p}: fast {g} vs scalar {s}");
+                assert!(
+                    (g - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                    "{p}: fast {g} vs scalar {s}"
+                );
             }
         }
     }

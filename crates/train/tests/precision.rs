@@ -66,7 +66,10 @@ fn bf16_and_int8_keep_embeddings_and_spam_accuracy() {
             _ => (0.999, 1e-2),
         };
         assert!(min_cos >= cos_floor, "{p}: cosine {min_cos}");
-        assert!(max_abs <= abs_ceiling, "{p}: component difference {max_abs}");
+        assert!(
+            max_abs <= abs_ceiling,
+            "{p}: component difference {max_abs}"
+        );
         assert!(
             (acc - acc_f32).abs() <= 0.005,
             "{p}: accuracy {acc} vs f32 {acc_f32}"
@@ -74,7 +77,12 @@ fn bf16_and_int8_keep_embeddings_and_spam_accuracy() {
         // And the product really ran in reduced precision: not bit-identical to f32.
         assert!(max_abs > 0.0, "{p} gave f32's numbers exactly");
     }
-    learner.clf.encoder.model.set_precision(Precision::F32).unwrap();
+    learner
+        .clf
+        .encoder
+        .model
+        .set_precision(Precision::F32)
+        .unwrap();
     let back = learner.prepare(&split.test[..8]).unwrap();
     assert_eq!(
         rows(back.embeddings().unwrap()),

@@ -7,7 +7,7 @@
 //! residual. Tokens of a prompt go through as one batch so every weight is read once per batch,
 //! on a team of as many threads as rayon's global pool has (`--threads`).
 
-use super::parallel::{split, Exclusive, SharedBuf, SpinBarrier};
+use super::parallel::{split, SharedBuf, SpinBarrier};
 use super::quant::{QMatrix, WType};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
@@ -452,6 +452,20 @@ impl Llama {
         }
         let rows = if all_logits { n } else { 1 };
         let kv_dim = c.n_head_kv * c.head_dim;
+        // The cache grows by the new positions up front, so that each thread writes its own
+        // part of them (no serial step, one barrier fewer per layer).
+        let total = (pos0 + n) * kv_dim;
+        let grown = |layers: &mut Vec<Vec<f32>>| -> Vec<SharedBuf> {
+            layers
+                .iter_mut()
+                .map(|l| {
+                    let mut v = std::mem::take(l);
+                    v.resize(total, 0.0);
+                    SharedBuf::new(v)
+                })
+                .collect()
+        };
+        let (kc, vc) = (grown(&mut cache.k), grown(&mut cache.v));
         let bufs = Buffers {
             x: SharedBuf::new(x),
             q: SharedBuf::new(vec![0.0; n * d]),
@@ -461,8 +475,8 @@ impl Llama {
             g: SharedBuf::new(vec![0.0; n * c.n_ff]),
             u: SharedBuf::new(vec![0.0; n * c.n_ff]),
             logits: SharedBuf::new(vec![0.0; rows * c.n_vocab]),
-
-            cache: Exclusive::new(cache),
+            kc,
+            vc,
         };
         // More threads than cores only wait on each other at the barriers.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -484,7 +498,10 @@ impl Llama {
                 }
             });
         }
-        let cache = bufs.cache.into_inner();
+        for (li, (k, v)) in bufs.kc.into_iter().zip(bufs.vc).enumerate() {
+            cache.k[li] = k.into_inner();
+            cache.v[li] = v.into_inner();
+        }
         cache.tokens.extend_from_slice(tokens);
         Ok(bufs.logits.into_inner())
     }
@@ -497,8 +514,8 @@ impl Llama {
         let kv_dim = c.n_head_kv * hd;
         let mut h = vec![0.0f32; n * d];
         // SAFETY (every `unsafe` below): between two barriers each buffer is either only read,
-        // or written by one thread (thread 0), or written in disjoint parts: rows of a product
-        // from `split`, attention units from `split`.
+        // or written in disjoint parts: rows of a product from `split_pairs`, attention units
+        // from `split`.
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block. Every thread normalises and quantises the input itself: cheaper
             // than another barrier.
@@ -507,81 +524,97 @@ impl Llama {
             // Files may mix weight types between Q, K and V (and gate and up).
             let acts_k = layer.wk.reuse_acts(&acts, &h, n);
             let acts_v = layer.wv.reuse_acts(&acts, &h, n);
+            // Rows split in pairs, so RoPE's pairs never straddle two threads: each thread
+            // rotates and caches the rows it computed (no serial step, one barrier fewer).
+            // (Handing rows out in chunks to whichever thread asks was measured slower.)
             unsafe {
-                let (dq, dkv) = (split(d, tid, nth), split(kv_dim, tid, nth));
-                layer.wq.matmul_rows(&acts, n, dq, b.q.ptr(), false);
-                layer
-                    .wk
-                    .matmul_rows(&acts_k, n, dkv.clone(), b.k.ptr(), false);
-                layer.wv.matmul_rows(&acts_v, n, dkv, b.v.ptr(), false);
-            }
-            barrier.wait();
-            if tid == 0 {
-                let (q, k, v) = unsafe { (b.q.exclusive(), b.k.exclusive(), b.v.read()) };
-                for t in 0..n {
-                    let p = (s.pos0 + t) * hd / 2;
-                    let (cs, sn) = (&s.cos[p..p + hd / 2], &s.sin[p..p + hd / 2]);
-                    for head in q[t * d..(t + 1) * d].chunks_exact_mut(hd) {
-                        rope_pairs(head, cs, sn);
-                    }
-                    for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                        rope_pairs(head, cs, sn);
+                {
+                    let r = split_pairs(d, tid, nth);
+                    layer.wq.matmul_rows(&acts, n, r.clone(), b.q.ptr(), false);
+                    for t in 0..n {
+                        let (cs, sn) = s.rope(t, hd);
+                        rope_rows(b.q.part(t * d + r.start, r.len()), r.start, hd, cs, sn);
                     }
                 }
-                let cache = unsafe { b.cache.get_mut() };
-                cache.k[li].extend(k.iter().map(|&f| f16::from_f32(f).to_f32()));
-                cache.v[li].extend(v.iter().map(|&f| f16::from_f32(f).to_f32()));
+                {
+                    let r = split_pairs(kv_dim, tid, nth);
+                    layer
+                        .wk
+                        .matmul_rows(&acts_k, n, r.clone(), b.k.ptr(), false);
+                    for t in 0..n {
+                        let (cs, sn) = s.rope(t, hd);
+                        let k = b.k.part(t * kv_dim + r.start, r.len());
+                        rope_rows(k, r.start, hd, cs, sn);
+                        let at = (s.pos0 + t) * kv_dim + r.start;
+                        for (c, &x) in b.kc[li].part(at, r.len()).iter_mut().zip(k.iter()) {
+                            *c = f16::from_f32(x).to_f32();
+                        }
+                    }
+                }
+                {
+                    let r = split_pairs(kv_dim, tid, nth);
+                    layer
+                        .wv
+                        .matmul_rows(&acts_v, n, r.clone(), b.v.ptr(), false);
+                    for t in 0..n {
+                        let v = b.v.part(t * kv_dim + r.start, r.len());
+                        let at = (s.pos0 + t) * kv_dim + r.start;
+                        for (c, &x) in b.vc[li].part(at, r.len()).iter_mut().zip(v.iter()) {
+                            *c = f16::from_f32(x).to_f32();
+                        }
+                    }
+                }
             }
             barrier.wait();
             {
-                let (cache, q) = unsafe { (b.cache.get(), b.q.read()) };
+                let (kc, vc, q) = unsafe { (b.kc[li].read(), b.vc[li].read(), b.q.read()) };
                 for unit in split(n * c.n_head, tid, nth) {
                     let out = unsafe { b.att.part(unit * hd, hd) };
-                    attend(c, q, &cache.k[li], &cache.v[li], s.pos0, unit, out);
+                    attend(c, q, kc, vc, s.pos0, unit, out);
                 }
             }
             barrier.wait();
             let acts = layer.wo.quantize_acts(unsafe { b.att.read() }, n);
             // Residual fused: x += att · Woᵀ, each thread on its rows.
-            unsafe {
-                layer
-                    .wo
-                    .matmul_rows(&acts, n, split(d, tid, nth), b.x.ptr(), true)
-            };
+            {
+                let r = split_pairs(d, tid, nth);
+                unsafe { layer.wo.matmul_rows(&acts, n, r, b.x.ptr(), true) };
+            }
             barrier.wait();
 
             // Feed-forward block (SwiGLU): gate and up split the same way, so each thread can
             // apply SiLU(g)·u to its own rows without waiting.
             rms_norm(unsafe { b.x.read() }, &layer.ffn_norm, c.rms_eps, &mut h);
             let acts = layer.w_gate.quantize_acts(&h, n);
-            let mine = split(c.n_ff, tid, nth);
             let acts_up = layer.w_up.reuse_acts(&acts, &h, n);
-            unsafe {
-                layer
-                    .w_gate
-                    .matmul_rows(&acts, n, mine.clone(), b.g.ptr(), false);
-                layer
-                    .w_up
-                    .matmul_rows(&acts_up, n, mine.clone(), b.u.ptr(), false);
-            }
-            for t in 0..n {
-                let (g, u) = unsafe {
-                    (
-                        b.g.part(t * c.n_ff + mine.start, mine.len()),
-                        b.u.part(t * c.n_ff + mine.start, mine.len()),
-                    )
-                };
-                for (gv, uv) in g.iter_mut().zip(u.iter()) {
-                    *gv = ggml::silu(*gv) * uv;
+            {
+                let mine = split_pairs(c.n_ff, tid, nth);
+                unsafe {
+                    layer
+                        .w_gate
+                        .matmul_rows(&acts, n, mine.clone(), b.g.ptr(), false);
+                    layer
+                        .w_up
+                        .matmul_rows(&acts_up, n, mine.clone(), b.u.ptr(), false);
+                }
+                for t in 0..n {
+                    let (g, u) = unsafe {
+                        (
+                            b.g.part(t * c.n_ff + mine.start, mine.len()),
+                            b.u.part(t * c.n_ff + mine.start, mine.len()),
+                        )
+                    };
+                    for (gv, uv) in g.iter_mut().zip(u.iter()) {
+                        *gv = ggml::silu(*gv) * uv;
+                    }
                 }
             }
             barrier.wait();
             let acts = layer.w_down.quantize_acts(unsafe { b.g.read() }, n);
-            unsafe {
-                layer
-                    .w_down
-                    .matmul_rows(&acts, n, split(d, tid, nth), b.x.ptr(), true)
-            };
+            {
+                let r = split_pairs(d, tid, nth);
+                unsafe { layer.w_down.matmul_rows(&acts, n, r, b.x.ptr(), true) };
+            }
             barrier.wait();
         }
         let x = unsafe { b.x.read() };
@@ -590,15 +623,10 @@ impl Llama {
         rms_norm(last, &self.out_norm, c.rms_eps, &mut hn);
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let acts = head.quantize_acts(&hn, s.rows);
-        unsafe {
-            head.matmul_rows(
-                &acts,
-                s.rows,
-                split(c.n_vocab, tid, nth),
-                b.logits.ptr(),
-                false,
-            )
-        };
+        {
+            let r = split_pairs(c.n_vocab, tid, nth);
+            unsafe { head.matmul_rows(&acts, s.rows, r, b.logits.ptr(), false) };
+        }
     }
 }
 
@@ -613,7 +641,7 @@ struct Step<'a> {
 }
 
 /// The activations the threads of a forward pass share.
-struct Buffers<'a> {
+struct Buffers {
     x: SharedBuf,
     q: SharedBuf,
     k: SharedBuf,
@@ -622,7 +650,17 @@ struct Buffers<'a> {
     g: SharedBuf,
     u: SharedBuf,
     logits: SharedBuf,
-    cache: Exclusive<&'a mut KvCache>,
+    /// Per layer, the KV cache's keys and values, grown by the new positions.
+    kc: Vec<SharedBuf>,
+    vc: Vec<SharedBuf>,
+}
+
+impl Step<'_> {
+    /// RoPE's cosines and sines at token `t`'s position.
+    fn rope(&self, t: usize, hd: usize) -> (&[f32], &[f32]) {
+        let p = (self.pos0 + t) * hd / 2;
+        (&self.cos[p..p + hd / 2], &self.sin[p..p + hd / 2])
+    }
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -637,11 +675,20 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates adjacent pairs (x[2i], x[2i+1]) by the position's angle (GGUF llama layout).
-fn rope_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    for (i, pair) in x.chunks_exact_mut(2).enumerate() {
+/// The part of `0..len` (even) that thread `tid` of `nth` handles, in whole pairs.
+fn split_pairs(len: usize, tid: usize, nth: usize) -> std::ops::Range<usize> {
+    let r = split(len / 2, tid, nth);
+    2 * r.start..2 * r.end
+}
+
+/// Rotates adjacent pairs (x[2i], x[2i+1]) by the position's angle (GGUF llama layout), for
+/// rows `start..start + x.len()` of one token's heads (`start` even): each pair by its place
+/// within its head. (ggml's C compiled with FMA contraction fuses the first product of each
+/// line.)
+fn rope_rows(x: &mut [f32], start: usize, hd: usize, cos: &[f32], sin: &[f32]) {
+    for (j, pair) in x.chunks_exact_mut(2).enumerate() {
+        let i = ((start + 2 * j) % hd) / 2;
         let (a, b) = (pair[0], pair[1]);
-        // ggml's C compiled with FMA contraction fuses the first product of each line.
         pair[0] = a.mul_add(cos[i], -(b * sin[i]));
         pair[1] = a.mul_add(sin[i], b * cos[i]);
     }

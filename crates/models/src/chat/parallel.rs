@@ -5,7 +5,6 @@
 //! workers cost more than the arithmetic on this 2-core machine (measured: 8.9 ms a token
 //! against 2.2 ms of kernel time). llama.cpp does the same with its own thread pool.
 
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A reusable barrier that spins briefly, then yields (so an oversubscribed machine still
@@ -72,13 +71,6 @@ impl SharedBuf {
         std::slice::from_raw_parts(self.ptr, self.data.len())
     }
 
-    /// # Safety
-    /// No other thread may access the buffer until the returned slice is dropped.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn exclusive(&self) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.ptr, self.data.len())
-    }
-
     /// Base pointer for writes to disjoint parts.
     pub fn ptr(&self) -> *mut f32 {
         self.ptr
@@ -94,35 +86,6 @@ impl SharedBuf {
 
     pub fn into_inner(self) -> Vec<f32> {
         self.data
-    }
-}
-
-/// One value that a single thread mutates while the others wait at a barrier (the KV cache).
-pub struct Exclusive<T>(UnsafeCell<T>);
-
-// SAFETY: the barrier protocol gives one thread access at a time, or shared reads.
-unsafe impl<T: Send> Sync for Exclusive<T> {}
-
-impl<T> Exclusive<T> {
-    pub fn new(v: T) -> Exclusive<T> {
-        Exclusive(UnsafeCell::new(v))
-    }
-
-    /// # Safety
-    /// No other thread may access the value until the reference is dropped.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get_mut(&self) -> &mut T {
-        &mut *self.0.get()
-    }
-
-    /// # Safety
-    /// No thread may mutate the value until the reference is dropped.
-    pub unsafe fn get(&self) -> &T {
-        &*self.0.get()
-    }
-
-    pub fn into_inner(self) -> T {
-        self.0.into_inner()
     }
 }
 

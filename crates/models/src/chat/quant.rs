@@ -445,7 +445,8 @@ mod avx512 {
             let dwp = halves(dw0, dw1);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let i = (t0 + j) * nb + b;
-                let a = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
+                let a =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
                 let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
                 let sc = _mm512_mul_ps(dwp, _mm512_set1_ps(*d.add(i)));
                 *acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), *acc);
@@ -503,7 +504,8 @@ mod avx512 {
             let dwp = halves(dw0, dw1);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let i = (t0 + j) * nb + b;
-                let a = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
+                let a =
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(i * QK) as *const __m256i));
                 let a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
                 let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, a);
                 let sc = _mm512_mul_ps(dwp, _mm512_set1_ps(*d.add(i)));

@@ -89,13 +89,7 @@ impl LayerNorm {
         if train {
             self.forward(&(x + residual)?, true)
         } else {
-            super::ops::add_layer_norm(
-                x,
-                Some(residual),
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )
+            super::ops::add_layer_norm(x, Some(residual), &self.weight, &self.bias, self.eps as f32)
         }
     }
 }

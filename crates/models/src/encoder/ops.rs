@@ -295,46 +295,47 @@ impl AddLayerNorm {
     fn run(&self, x: &[f32], r: Option<&[f32]>, dim: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         let n = dim as f32;
-        out.par_chunks_mut(dim)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let xr = &x[i * dim..(i + 1) * dim];
-                match r {
-                    Some(r) => {
-                        let rr = &r[i * dim..(i + 1) * dim];
-                        for ((o, a), b) in o.iter_mut().zip(xr).zip(rr) {
-                            *o = a + b;
-                        }
-                    }
-                    None => o.copy_from_slice(xr),
-                }
-                let mean = sum_lanes(o) / n;
-                let mut acc = [0f32; 16];
-                let mut chunks = o.chunks_exact(16);
-                for c in &mut chunks {
-                    for (a, v) in acc.iter_mut().zip(c) {
-                        *a += (v - mean) * (v - mean);
+        out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
+            let xr = &x[i * dim..(i + 1) * dim];
+            match r {
+                Some(r) => {
+                    let rr = &r[i * dim..(i + 1) * dim];
+                    for ((o, a), b) in o.iter_mut().zip(xr).zip(rr) {
+                        *o = a + b;
                     }
                 }
-                let var = (acc.iter().sum::<f32>()
-                    + chunks
-                        .remainder()
-                        .iter()
-                        .map(|v| (v - mean) * (v - mean))
-                        .sum::<f32>())
-                    / n;
-                let inv = 1.0 / (var + self.eps).sqrt();
-                for ((o, w), b) in o.iter_mut().zip(&self.weight).zip(&self.bias) {
-                    *o = (*o - mean) * inv * w + b;
+                None => o.copy_from_slice(xr),
+            }
+            let mean = sum_lanes(o) / n;
+            let mut acc = [0f32; 16];
+            let mut chunks = o.chunks_exact(16);
+            for c in &mut chunks {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a += (v - mean) * (v - mean);
                 }
-            });
+            }
+            let var = (acc.iter().sum::<f32>()
+                + chunks
+                    .remainder()
+                    .iter()
+                    .map(|v| (v - mean) * (v - mean))
+                    .sum::<f32>())
+                / n;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((o, w), b) in o.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *o = (*o - mean) * inv * w + b;
+            }
+        });
         out
     }
 
     fn check(&self, l: &Layout) -> Result<(usize, usize, usize)> {
         let dim = l.dims().last().copied().unwrap_or(0);
         if dim != self.weight.len() {
-            candle_core::bail!("layer norm over {dim} values with {} weights", self.weight.len());
+            candle_core::bail!(
+                "layer norm over {dim} values with {} weights",
+                self.weight.len()
+            );
         }
         match l.contiguous_offsets() {
             Some((a, b)) => Ok((a, b, dim)),
