@@ -8,7 +8,7 @@
 
 use super::ops::gelu_erf;
 use crate::lowp::{PackedLinear, Precision};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -72,11 +72,7 @@ impl LayerNorm {
         if !train {
             return super::ops::add_layer_norm(x, None, &self.weight, &self.bias, self.eps as f32);
         }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        super::ops::layer_norm_train(x, &self.weight, &self.bias, self.eps as f32)
     }
 
     /// LayerNorm(x + residual), fused in inference.

@@ -400,6 +400,172 @@ pub fn add_layer_norm(
     }
 }
 
+/// LayerNorm over the last dimension for training: one fused pass forward and one backward
+/// (dx, dweight, dbias), instead of ~10 tensor ops and their backward graph per LayerNorm
+/// (candle's fused LayerNorm has no backward pass at all).
+struct LayerNormTrain {
+    eps: f32,
+}
+
+/// (offsets, width) of a contiguous last-dimension layout.
+fn rows_of(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
+    let h = l.dims().last().copied().unwrap_or(0);
+    match l.contiguous_offsets() {
+        Some((a, b)) if h > 0 => Ok((a, b, h)),
+        _ => candle_core::bail!("{what}: input must be contiguous and non-empty"),
+    }
+}
+
+/// Mean and 1/√(var + eps) of one row.
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = sum_lanes(x) / n;
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += (v - mean) * (v - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>())
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNormTrain {
+    fn name(&self) -> &'static str {
+        "frugal-layer-norm-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b, h) = rows_of(l1, "layer norm")?;
+        let (wa, wb, _) = rows_of(l2, "layer norm weight")?;
+        let (ba, bb, _) = rows_of(l3, "layer norm bias")?;
+        let x = &s1.as_slice::<f32>()?[a..b];
+        let w = &s2.as_slice::<f32>()?[wa..wb];
+        let bias = &s3.as_slice::<f32>()?[ba..bb];
+        if w.len() != h || bias.len() != h {
+            candle_core::bail!("layer norm over {h} values with {} weights", w.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, xr)| {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for (((o, &v), &wv), &bv) in o.iter_mut().zip(xr).zip(w).zip(bias) {
+                    *o = (v - mean) * rstd * wv + bv;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = w.dim(0)?;
+        let m = x.elem_count() / h;
+        let all = x.contiguous()?.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let dx = all.narrow(0, 0, m)?.reshape(x.shape())?;
+        let dw = all.narrow(0, m, 1)?.reshape(h)?;
+        let db = all.narrow(0, m + 1, 1)?.reshape(h)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// LayerNorm's backward pass: (m + 2) × h rows — dx, then dweight, then dbias.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "frugal-layer-norm-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b, h) = rows_of(l1, "layer norm grad")?;
+        let (wa, wb, _) = rows_of(l2, "layer norm grad weight")?;
+        let (ga, gb, _) = rows_of(l3, "layer norm grad output")?;
+        let x = &s1.as_slice::<f32>()?[a..b];
+        let w = &s2.as_slice::<f32>()?[wa..wb];
+        let g = &s3.as_slice::<f32>()?[ga..gb];
+        let m = x.len() / h;
+        let mut out = vec![0f32; (m + 2) * h];
+        let (dx, rest) = out.split_at_mut(m * h);
+        const CH: usize = 64;
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(CH * h)
+            .enumerate()
+            .map(|(ci, dxc)| {
+                let (mut dw, mut db) = (vec![0f32; h], vec![0f32; h]);
+                let (mut xhat, mut gw) = (vec![0f32; h], vec![0f32; h]);
+                for (ri, dxr) in dxc.chunks_mut(h).enumerate() {
+                    let r = ci * CH + ri;
+                    let (xr, gr) = (&x[r * h..(r + 1) * h], &g[r * h..(r + 1) * h]);
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for i in 0..h {
+                        xhat[i] = (xr[i] - mean) * rstd;
+                        gw[i] = gr[i] * w[i];
+                        dw[i] += gr[i] * xhat[i];
+                        db[i] += gr[i];
+                    }
+                    let mean_gw = sum_lanes(&gw) / h as f32;
+                    for (t, (a, b)) in dxr.iter_mut().zip(gw.iter().zip(&xhat)) {
+                        *t = a * b; // scratch: gw·xhat
+                    }
+                    let mean_gwx = sum_lanes(dxr) / h as f32;
+                    for i in 0..h {
+                        dxr[i] = rstd * (gw[i] - mean_gw - xhat[i] * mean_gwx);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (dw, db) = rest.split_at_mut(h);
+        for (pw, pb) in &partial {
+            for i in 0..h {
+                dw[i] += pw[i];
+                db[i] += pb[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m + 2, h))))
+    }
+}
+
+/// LayerNorm over the last dimension with a fused, differentiable implementation (training).
+pub fn layer_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(weight, bias, LayerNormTrain { eps })
+}
+
 /// Softmax over the last dimension, differentiable (candle's fused one has no backward pass).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLastDim)
@@ -429,6 +595,53 @@ mod train_op_tests {
         };
         assert_ne!(mask(2), v, "another seed draws another mask");
         assert_eq!(mask(1), v, "the same seed draws the same mask");
+    }
+
+    #[test]
+    fn fused_layer_norm_and_its_gradients_match_the_generic_one() {
+        let dev = Device::Cpu;
+        let (m, h) = (70, 40);
+        let xs: Vec<f32> = (0..m * h).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let x = Var::from_vec(xs, (2, m / 2, h), &dev).unwrap();
+        let w = Var::from_vec((0..h).map(|i| 0.5 + i as f32 / 40.0).collect(), h, &dev).unwrap();
+        let b = Var::from_vec((0..h).map(|i| i as f32 / 80.0 - 0.2).collect(), h, &dev).unwrap();
+        let r = Tensor::from_vec(
+            (0..m * h).map(|i| ((i * 13 % 29) as f32) / 29.0).collect::<Vec<_>>(),
+            (2, m / 2, h),
+            &dev,
+        )
+        .unwrap();
+        let eps = 1e-12;
+        let generic = {
+            let x = x.as_tensor();
+            let mean = x.mean_keepdim(candle_core::D::Minus1).unwrap();
+            let xc = x.broadcast_sub(&mean).unwrap();
+            let var = xc.sqr().unwrap().mean_keepdim(candle_core::D::Minus1).unwrap();
+            let xn = xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+            xn.broadcast_mul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap()
+        };
+        let fused = layer_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps as f32).unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(d(&fused, &generic) < 1e-5, "{}", d(&fused, &generic));
+        let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (generic * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            let (a, b) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d(a, b) < 1e-4 * (1.0 + scale), "{} vs {scale}", d(a, b));
+        }
     }
 
     #[test]
