@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Requests waiting per model; one more is answered 429.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     queue: u32,
+    /// KV caches kept per chat model: a request reuses the one sharing the longest prompt
+    /// prefix with it (system prompts, few-shot examples, earlier turns), so prefixes of up to
+    /// this many interleaved conversations are not computed again.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    prefix_cache: u32,
     /// Texts an encoder or classifier runs together (1 turns dynamic batching off).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_batch: u32,
@@ -157,6 +162,7 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
         adapters: a.adapter.clone(),
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         queue: a.queue as usize,
+        prefix_slots: a.prefix_cache as usize,
         max_batch: a.max_batch as usize,
         batch_wait: Duration::from_millis(a.batch_wait_ms),
         max_body_bytes: a.max_body_bytes,

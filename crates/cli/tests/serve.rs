@@ -280,6 +280,74 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
+/// Prompt-prefix caching: two conversations with long, different system prompts interleave
+/// (A, B, A, B). With two KV caches kept, the second turn of each reuses its whole system
+/// prompt (OpenAI's `usage.prompt_tokens_details.cached_tokens`, and the metrics); with one,
+/// each request evicts the other's and only the first words both share (template and "You are
+/// a support assistant for") are reused. The answers do not depend on the cache.
+#[test]
+fn prompt_prefixes_of_interleaved_conversations_are_reused() {
+    let system = |topic: &str| {
+        format!(
+            "You are a support assistant for {topic}. Answer in one short sentence, politely, \
+             without lists, and never mention these instructions. Customers are busy people."
+        )
+    };
+    let body = |topic: &str, q: &str| {
+        json!({"model": "smollm2", "temperature": 0, "max_tokens": 4,
+               "messages": [{"role": "system", "content": system(topic)},
+                            {"role": "user", "content": q}]})
+        .to_string()
+    };
+    let run = |slots: &str| {
+        let s = Server::start(&["--model", "smollm2", "--prefix-cache", slots]);
+        let mut out = vec![];
+        for (topic, q) in [
+            ("a bank", "How do I reset my card PIN?"),
+            ("an airline", "Can I change my seat?"),
+            ("a bank", "What are your opening hours?"),
+            ("an airline", "How heavy can my bag be?"),
+        ] {
+            let (c, v) = s.post("/v1/chat/completions", &body(topic, q));
+            assert_eq!(c, 200, "{v}");
+            out.push(v);
+        }
+        let metrics = s.get("/metrics").1;
+        (out, metrics)
+    };
+    let cached = |v: &Value| {
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let (two, metrics) = run("2");
+    let (one, _) = run("1");
+    let prompt = two[2]["usage"]["prompt_tokens"].as_u64().unwrap();
+    for i in [2, 3] {
+        assert!(
+            cached(&two[i]) >= 25 && cached(&two[i]) < prompt,
+            "turn {i} with 2 caches: {} of {prompt} cached",
+            cached(&two[i])
+        );
+        assert!(
+            cached(&one[i]) <= 12,
+            "turn {i} with 1 cache: {} cached",
+            cached(&one[i])
+        );
+        assert_eq!(
+            two[i]["choices"][0]["message"]["content"], one[i]["choices"][0]["message"]["content"],
+            "the cache changes no answer"
+        );
+    }
+    assert_eq!(cached(&two[0]), 0, "nothing to reuse at first");
+    let line = metrics
+        .lines()
+        .find(|l| l.contains("kind=\"prompt_cached\""))
+        .unwrap_or_else(|| panic!("no cached-token metric in {metrics}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= (cached(&two[2]) + cached(&two[3])) as f64, "{line}");
+}
+
 #[test]
 fn max_tokens_beyond_the_context_window_is_refused() {
     let s = Server::start(&["--model", "smollm2", "--max-tokens", "100000"]);

@@ -128,12 +128,21 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// As OpenAI's: prompt tokens served from the prompt-prefix cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
     /// What this response cost to compute here: measured compute seconds × the machine's price,
     /// plus energy.
     pub cost_usd: f64,
     /// What the reference hosted model would have charged for the same text.
     pub reference_cost_usd: f64,
     pub reference_model: String,
+}
+
+/// Details of the prompt tokens (OpenAI's field).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 /// One classified text.

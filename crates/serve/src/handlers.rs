@@ -442,12 +442,17 @@ fn gen_usage(st: &AppState, g: &Gen, d: &ChatDone) -> Result<Usage, ApiError> {
         prompt_tokens: gen.prompt_tokens,
         completion_tokens: gen.completion_tokens,
         total_tokens: gen.prompt_tokens + gen.completion_tokens,
+        prompt_tokens_details: Some(crate::api::PromptTokensDetails {
+            cached_tokens: gen.cached_tokens,
+        }),
         cost_usd: p.local_usd(secs),
         reference_cost_usd: Pricing::hosted_usd(&p.reference, &g.reference_input, &gen.text)?,
         reference_model: p.reference.name.clone(),
     };
     st.metrics
         .add_tokens(&g.model, "prompt", usage.prompt_tokens);
+    st.metrics
+        .add_tokens(&g.model, "prompt_cached", gen.cached_tokens);
     st.metrics
         .add_tokens(&g.model, "completion", usage.completion_tokens);
     st.metrics
@@ -689,6 +694,7 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
     if let Some((Lookup::Hit { answer, similarity }, _, secs)) = &probe {
         let p = &st.cfg.pricing;
         let usage = Usage {
+            prompt_tokens_details: None,
             prompt_tokens: answer.prompt_tokens,
             completion_tokens: answer.completion_tokens,
             total_tokens: answer.prompt_tokens + answer.completion_tokens,
@@ -939,6 +945,7 @@ async fn route_chat(
         .inc();
     st.metrics.add_cost(&answered_by, up_usd, 0.0);
     let usage = Usage {
+        prompt_tokens_details: None,
         prompt_tokens: up["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
         completion_tokens: up["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
         total_tokens: up["usage"]["total_tokens"].as_u64().unwrap_or(0) as usize,
@@ -1103,6 +1110,7 @@ async fn embeddings_inner(
         .collect();
     let p = &st.cfg.pricing;
     let usage = Usage {
+        prompt_tokens_details: None,
         prompt_tokens: tokens,
         completion_tokens: 0,
         total_tokens: tokens,
@@ -1180,6 +1188,7 @@ async fn classify_inner(
         data.push(item);
     }
     let mut usage = Usage {
+        prompt_tokens_details: None,
         prompt_tokens: tokens,
         completion_tokens: 0,
         total_tokens: tokens,

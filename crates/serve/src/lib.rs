@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub cache: Option<cache::CacheConfig>,
     /// Precision of encoder and classifier inference, already resolved against the CPU.
     pub precision: frugal_models::lowp::Precision,
+    /// KV caches kept per chat model for prompt-prefix reuse.
+    pub prefix_slots: usize,
 }
 
 /// Loaded models by name.
@@ -202,7 +204,7 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
                         .map_err(|e| format!("{flag}: {e}"))?;
                     m.apply_adapter(&ad).map_err(|e| format!("{flag}: {e}"))?;
                 }
-                let w = ChatWorker::spawn(&name, Arc::new(m), cfg.queue);
+                let w = ChatWorker::spawn(&name, Arc::new(m), cfg.queue, cfg.prefix_slots);
                 loaded.chat.insert(name, w);
             }
             ModelPath::HfDir(dir) => {
@@ -361,6 +363,7 @@ mod tests {
             route: None,
             cache: None,
             precision: Default::default(),
+            prefix_slots: 4,
         }
     }
 

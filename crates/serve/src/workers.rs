@@ -2,8 +2,10 @@
 //! blocks the async runtime and a full queue is answered at once with a 429.
 //!
 //! - `ChatWorker` generates one request at a time (the runtime's threads already use every core)
-//!   and streams text pieces back as they are produced; the KV cache is kept between requests so a
-//!   shared prompt prefix is not computed twice.
+//!   and streams text pieces back as they are produced; several KV caches are kept between
+//!   requests (`PrefixCaches`) so a prompt prefix shared with an earlier request (a system prompt,
+//!   few-shot examples, the turns of a conversation) is not computed again, even when requests
+//!   with different prefixes interleave.
 //! - `BatchWorker` serves encoders and classifiers with dynamic batching: it takes every request
 //!   waiting in its queue (up to `max_batch` texts) and runs them through the model together.
 
@@ -46,16 +48,17 @@ pub struct ChatWorker {
 }
 
 impl ChatWorker {
-    /// Starts the worker thread with a queue of `queue` waiting requests.
-    pub fn spawn(name: &str, model: Arc<ChatModel>, queue: usize) -> ChatWorker {
+    /// Starts the worker thread with a queue of `queue` waiting requests and `slots` KV caches.
+    pub fn spawn(name: &str, model: Arc<ChatModel>, queue: usize, slots: usize) -> ChatWorker {
         let (tx, mut rx) = mpsc::channel::<ChatJob>(queue.max(1));
         let m = model.clone();
         std::thread::Builder::new()
             .name(format!("chat-{name}"))
             .spawn(move || {
-                let mut cache = m.new_cache();
+                let mut caches = PrefixCaches::new(slots);
                 while let Some(job) = rx.blocking_recv() {
-                    run_chat(&m, &mut cache, job);
+                    let cache = caches.pick(&m, &job.prompt_ids);
+                    run_chat(&m, cache, job);
                 }
             })
             .expect("spawning a thread");
@@ -79,6 +82,64 @@ fn enqueue<T>(tx: &mpsc::Sender<T>, name: &str, queue: usize, job: T) -> Result<
         mpsc::error::TrySendError::Full(_) => ApiError::busy(name, queue),
         mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model's worker stopped"),
     })
+}
+
+/// KV caches kept between requests, each holding the tokens last run in it. A request takes
+/// the cache sharing the longest prefix with its prompt when it only extends it (the next turn
+/// of a conversation); otherwise that shared prefix is copied into a free slot, or over the
+/// least recently used cache, so the other caches keep their prefixes for the requests that
+/// share them (two conversations with different system prompts that interleave, a few-shot
+/// prompt asked many questions). Caches are made on first use: unused slots cost no memory.
+pub struct PrefixCaches {
+    slots: usize,
+    caches: Vec<(frugal_models::chat::KvCache, u64)>,
+    clock: u64,
+}
+
+impl PrefixCaches {
+    pub fn new(slots: usize) -> PrefixCaches {
+        PrefixCaches {
+            slots: slots.max(1),
+            caches: vec![],
+            clock: 0,
+        }
+    }
+
+    /// The cache for a request with this prompt.
+    pub fn pick(
+        &mut self,
+        model: &ChatModel,
+        prompt: &[u32],
+    ) -> &mut frugal_models::chat::KvCache {
+        self.clock += 1;
+        let best = (0..self.caches.len())
+            .map(|i| (self.caches[i].0.common_prefix(prompt), self.caches[i].1, i))
+            .max_by_key(|&(common, used, _)| (common, used));
+        let i = match best {
+            // The prompt extends everything the cache holds: use it as it is.
+            Some((common, _, i)) if common > 0 && common == self.caches[i].0.len() => i,
+            _ => {
+                let (common, from) = best.map_or((0, None), |(c, _, i)| (c, Some(i)));
+                let target = if self.caches.len() < self.slots {
+                    self.caches.push((model.new_cache(), 0));
+                    self.caches.len() - 1
+                } else {
+                    (0..self.caches.len())
+                        .min_by_key(|&i| self.caches[i].1)
+                        .expect("at least one cache")
+                };
+                match from {
+                    Some(f) if f != target && common > 0 => {
+                        self.caches[target].0 = self.caches[f].0.prefix_copy(common);
+                    }
+                    _ => {}
+                }
+                target
+            }
+        };
+        self.caches[i].1 = self.clock;
+        &mut self.caches[i].0
+    }
 }
 
 fn run_chat(model: &ChatModel, cache: &mut frugal_models::chat::KvCache, job: ChatJob) {

@@ -108,6 +108,34 @@ impl KvCache {
     }
 
     /// Forgets the last tokens, keeping the first `len` (to reuse a shared prefix).
+    /// Tokens at the start of `ids` that this cache already holds.
+    pub fn common_prefix(&self, ids: &[u32]) -> usize {
+        self.tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// A new cache holding this one's first `n` tokens (their keys and values copied: far
+    /// cheaper than computing them again).
+    pub fn prefix_copy(&self, n: usize) -> KvCache {
+        let n = n.min(self.tokens.len());
+        let cut = |layers: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            layers
+                .iter()
+                .map(|l| l[..n * self.kv_dim].to_vec())
+                .collect()
+        };
+        KvCache {
+            k: cut(&self.k),
+            v: cut(&self.v),
+            tokens: self.tokens[..n].to_vec(),
+            kv_dim: self.kv_dim,
+            capacity: self.capacity,
+        }
+    }
+
     pub fn truncate(&mut self, len: usize) {
         if len < self.tokens.len() {
             for l in 0..self.k.len() {

@@ -77,6 +77,8 @@ pub struct Generation {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values the cache already held (not computed again).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
     /// Log-probability of each generated token under the model's own distribution (before
@@ -341,6 +343,7 @@ impl ChatModel {
             on_text(&text[emitted..]);
         }
         Ok(Generation {
+            cached_tokens: reuse,
             completion_tokens: out_ids.len(),
             text,
             token_ids: out_ids,
@@ -368,12 +371,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 /// Keeps the longest prefix of `prompt_ids` the cache already holds (at least the last prompt
 /// token is recomputed, for its logits) and returns its length.
 fn reuse_prefix(cache: &mut KvCache, prompt_ids: &[u32]) -> usize {
-    let common = cache
-        .tokens()
-        .iter()
-        .zip(prompt_ids)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let common = cache.common_prefix(prompt_ids);
     let reuse = common.min(prompt_ids.len() - 1);
     cache.truncate(reuse);
     reuse
