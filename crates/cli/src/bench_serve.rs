@@ -38,6 +38,10 @@ pub struct ServeBench {
     /// Tokens per chat answer.
     #[arg(long, default_value_t = 16)]
     max_tokens: u32,
+    /// A system message sent with every chat request (e.g. instructions and few-shot examples
+    /// that all requests share, as in production: what prompt-prefix caching saves).
+    #[arg(long)]
+    system: Option<String>,
     #[arg(long, env = "FRUGAL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     #[arg(long)]
@@ -120,11 +124,16 @@ async fn drive(a: ServeBench, texts: Vec<String>) -> Result<()> {
         Endpoint::Chat => {
             let m = a.model.clone();
             let n = a.max_tokens;
+            let system = a.system.clone();
             (
                 "/v1/chat/completions",
                 Box::new(move |t| {
-                    json!({"model": m, "max_tokens": n, "temperature": 0,
-                "messages": [{"role": "user", "content": t}]})
+                    let mut messages = vec![];
+                    if let Some(s) = &system {
+                        messages.push(json!({"role": "system", "content": s}));
+                    }
+                    messages.push(json!({"role": "user", "content": t}));
+                    json!({"model": m, "max_tokens": n, "temperature": 0, "messages": messages})
                 }),
             )
         }

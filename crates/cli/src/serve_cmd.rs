@@ -42,8 +42,8 @@ pub struct ServeArgs {
     queue: u32,
     /// KV caches kept per chat model: a request reuses the one sharing the longest prompt
     /// prefix with it (system prompts, few-shot examples, earlier turns), so prefixes of up to
-    /// this many interleaved conversations are not computed again.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// this many interleaved conversations are not computed again; 0 turns reuse off.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=256))]
     prefix_cache: u32,
     /// Texts an encoder or classifier runs together (1 turns dynamic batching off).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]

@@ -90,6 +90,8 @@ fn enqueue<T>(tx: &mpsc::Sender<T>, name: &str, queue: usize, job: T) -> Result<
 /// least recently used cache, so the other caches keep their prefixes for the requests that
 /// share them (two conversations with different system prompts that interleave, a few-shot
 /// prompt asked many questions). Caches are made on first use: unused slots cost no memory.
+/// With 0 slots nothing is reused (every prompt computed in full: the baseline to measure the
+/// reuse against).
 pub struct PrefixCaches {
     slots: usize,
     caches: Vec<(frugal_models::chat::KvCache, u64)>,
@@ -99,7 +101,7 @@ pub struct PrefixCaches {
 impl PrefixCaches {
     pub fn new(slots: usize) -> PrefixCaches {
         PrefixCaches {
-            slots: slots.max(1),
+            slots,
             caches: vec![],
             clock: 0,
         }
@@ -112,6 +114,13 @@ impl PrefixCaches {
         prompt: &[u32],
     ) -> &mut frugal_models::chat::KvCache {
         self.clock += 1;
+        if self.slots == 0 {
+            if self.caches.is_empty() {
+                self.caches.push((model.new_cache(), 0));
+            }
+            self.caches[0].0.truncate(0);
+            return &mut self.caches[0].0;
+        }
         let best = (0..self.caches.len())
             .map(|i| (self.caches[i].0.common_prefix(prompt), self.caches[i].1, i))
             .max_by_key(|&(common, used, _)| (common, used));
