@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// this many interleaved conversations are not computed again; 0 turns reuse off.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=256))]
     prefix_cache: u32,
+    /// Generations per chat model decoded together: requests join and leave between decode
+    /// steps, and each step reads the weights once for all of them (1: one after another).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    chat_batch: u32,
     /// Texts an encoder or classifier runs together (1 turns dynamic batching off).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_batch: u32,
@@ -163,6 +167,7 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         queue: a.queue as usize,
         prefix_slots: a.prefix_cache as usize,
+        chat_batch: a.chat_batch as usize,
         max_batch: a.max_batch as usize,
         batch_wait: Duration::from_millis(a.batch_wait_ms),
         max_body_bytes: a.max_body_bytes,

@@ -348,6 +348,74 @@ fn prompt_prefixes_of_interleaved_conversations_are_reused() {
     assert!(n >= (cached(&two[2]) + cached(&two[3])) as f64, "{line}");
 }
 
+/// Continuous batching: six concurrent requests are decoded together (each reports the mean
+/// number of generations in its decode steps) and get exactly the answers they get one at a
+/// time, from a server that decodes one generation at a time.
+#[test]
+fn concurrent_generations_are_decoded_together_with_the_same_answers() {
+    let questions = [
+        "Name a colour.",
+        "What is two plus two?",
+        "Say hello in French.",
+        "Name a fruit that is yellow.",
+        "What is the capital of Italy?",
+        "Give me a word that rhymes with cat.",
+    ];
+    let body = |q: &str| chat_body("smollm2", q, 24);
+    let answers = |s: &Server, concurrent: bool| -> Vec<Value> {
+        if !concurrent {
+            return questions
+                .iter()
+                .map(|q| {
+                    let (c, v) = s.post("/v1/chat/completions", &body(q));
+                    assert_eq!(c, 200, "{v}");
+                    v
+                })
+                .collect();
+        }
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = questions
+                .iter()
+                .map(|q| {
+                    let b = body(q);
+                    sc.spawn(move || s.post("/v1/chat/completions", &b))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    let (c, v) = h.join().unwrap();
+                    assert_eq!(c, 200, "{v}");
+                    v
+                })
+                .collect()
+        })
+    };
+    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let batched = Server::start(&["--model", "smollm2", "--chat-batch", "8"]);
+    let together = answers(&batched, true);
+    let single = Server::start(&["--model", "smollm2", "--chat-batch", "1"]);
+    let alone = answers(&single, true);
+    let mean: f64 = together
+        .iter()
+        .map(|v| v["frugal"]["decode_batch"].as_f64().unwrap())
+        .sum::<f64>()
+        / together.len() as f64;
+    assert!(mean > 1.5, "requests were not decoded together: {mean}");
+    assert!(
+        alone
+            .iter()
+            .all(|v| v["frugal"]["decode_batch"].as_f64() == Some(1.0)),
+        "--chat-batch 1 decodes one at a time"
+    );
+    for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(text(a), text(b), "question {i}");
+        assert!(!text(a).is_empty());
+    }
+    // And one request on the batching server alone answers the same as well.
+    let one = answers(&batched, false);
+    assert_eq!(text(&one[1]), text(&together[1]));
+}
+
 #[test]
 fn max_tokens_beyond_the_context_window_is_refused() {
     let s = Server::start(&["--model", "smollm2", "--max-tokens", "100000"]);

@@ -130,3 +130,40 @@ fn continuation_scores_agree_with_greedy_decoding() {
         assert!((x - y).abs() < 1e-4, "{again:?} vs {lp:?}");
     }
 }
+
+/// One decode step of three sequences at once gives each the logits it gets alone (the
+/// batched products keep each row's arithmetic), and extends each cache by one token.
+#[test]
+fn a_batched_decode_step_equals_separate_ones() {
+    let m = model();
+    let prompts: Vec<Vec<u32>> = golden()
+        .iter()
+        .map(|r| ids(&r["prompt_token_ids"]))
+        .collect();
+    assert!(prompts.len() >= 3);
+    let mut alone = vec![];
+    let mut caches = vec![];
+    for p in &prompts[..3] {
+        let mut cache = m.new_cache();
+        m.llama.forward(&p[..p.len() - 1], &mut cache, false).unwrap();
+        let mut c2 = m.new_cache();
+        m.llama.forward(&p[..p.len() - 1], &mut c2, false).unwrap();
+        alone.push(m.llama.forward(&p[p.len() - 1..], &mut cache, false).unwrap());
+        caches.push(c2);
+    }
+    let last: Vec<u32> = prompts[..3].iter().map(|p| *p.last().unwrap()).collect();
+    let mut refs: Vec<&mut frugal_models::chat::KvCache> = caches.iter_mut().collect();
+    let batched = m.step_batch(&last, &mut refs).unwrap();
+    for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "sequence {i}: logits differ by {worst}");
+        assert_eq!(caches[i].len(), prompts[i].len());
+        assert_eq!(caches[i].tokens(), prompts[i].as_slice());
+    }
+    // Sequences of different lengths: the caches were 3 different sizes.
+    assert!(prompts[0].len() != prompts[1].len() || prompts[1].len() != prompts[2].len());
+}

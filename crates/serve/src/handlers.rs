@@ -747,6 +747,7 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
         "cache": cache_state,
         "mean_logprob": d.generation.mean_logprob(),
         "queue_s": d.queue_secs,
+        "decode_batch": d.decode_batch,
         "prompt_tokens_per_s": d.generation.prompt_tokens_per_s(),
         "tokens_per_s": d.generation.tokens_per_s(),
     });

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub precision: frugal_models::lowp::Precision,
     /// KV caches kept per chat model for prompt-prefix reuse.
     pub prefix_slots: usize,
+    /// Generations per chat model decoded together (1: one after another).
+    pub chat_batch: usize,
 }
 
 /// Loaded models by name.
@@ -204,7 +206,13 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
                         .map_err(|e| format!("{flag}: {e}"))?;
                     m.apply_adapter(&ad).map_err(|e| format!("{flag}: {e}"))?;
                 }
-                let w = ChatWorker::spawn(&name, Arc::new(m), cfg.queue, cfg.prefix_slots);
+                let w = ChatWorker::spawn(
+                    &name,
+                    Arc::new(m),
+                    cfg.queue,
+                    cfg.prefix_slots,
+                    cfg.chat_batch,
+                );
                 loaded.chat.insert(name, w);
             }
             ModelPath::HfDir(dir) => {
@@ -364,6 +372,7 @@ mod tests {
             cache: None,
             precision: Default::default(),
             prefix_slots: 4,
+            chat_batch: 8,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Model workers: each model runs on its own OS thread behind a bounded queue, so inference never
 //! blocks the async runtime and a full queue is answered at once with a 429.
 //!
-//! - `ChatWorker` generates one request at a time (the runtime's threads already use every core)
-//!   and streams text pieces back as they are produced; several KV caches are kept between
-//!   requests (`PrefixCaches`) so a prompt prefix shared with an earlier request (a system prompt,
-//!   few-shot examples, the turns of a conversation) is not computed again, even when requests
-//!   with different prefixes interleave.
+//! - `ChatWorker` runs a model's generations with continuous batching (requests join and leave
+//!   between decode steps; each step decodes one token of every running generation in one pass
+//!   over the weights) and streams text pieces back as they are produced; several KV caches are
+//!   kept between requests (`PrefixCaches`) so a prompt prefix shared with an earlier request (a
+//!   system prompt, few-shot examples, the turns of a conversation) is not computed again, even
+//!   when requests with different prefixes interleave.
 //! - `BatchWorker` serves encoders and classifiers with dynamic batching: it takes every request
 //!   waiting in its queue (up to `max_batch` texts) and runs them through the model together.
 
@@ -37,6 +38,8 @@ pub struct ChatDone {
     pub queue_secs: f64,
     /// True when the deadline cut it short.
     pub timed_out: bool,
+    /// Mean number of generations decoded together in this one's steps (1 when it ran alone).
+    pub decode_batch: f64,
 }
 
 /// The sending side of a chat model's queue; the model itself is shared for tokenising.
@@ -48,19 +51,20 @@ pub struct ChatWorker {
 }
 
 impl ChatWorker {
-    /// Starts the worker thread with a queue of `queue` waiting requests and `slots` KV caches.
-    pub fn spawn(name: &str, model: Arc<ChatModel>, queue: usize, slots: usize) -> ChatWorker {
-        let (tx, mut rx) = mpsc::channel::<ChatJob>(queue.max(1));
+    /// Starts the worker thread with a queue of `queue` waiting requests, `slots` KV caches
+    /// kept for prefix reuse, and up to `batch` generations decoded together.
+    pub fn spawn(
+        name: &str,
+        model: Arc<ChatModel>,
+        queue: usize,
+        slots: usize,
+        batch: usize,
+    ) -> ChatWorker {
+        let (tx, rx) = mpsc::channel::<ChatJob>(queue.max(1));
         let m = model.clone();
         std::thread::Builder::new()
             .name(format!("chat-{name}"))
-            .spawn(move || {
-                let mut caches = PrefixCaches::new(slots);
-                while let Some(job) = rx.blocking_recv() {
-                    let cache = caches.pick(&m, &job.prompt_ids);
-                    run_chat(&m, cache, job);
-                }
-            })
+            .spawn(move || serve_chat(&m, rx, slots, batch.max(1)))
             .expect("spawning a thread");
         ChatWorker { model, tx, queue }
     }
@@ -70,121 +74,309 @@ impl ChatWorker {
         enqueue(&self.tx, name, self.queue, job)
     }
 
-    /// Requests waiting (not counting the one running).
+    /// Requests waiting (not counting those running).
     pub fn waiting(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }
 
-/// Puts a job in a model's queue without waiting: a full queue is a 429.
 fn enqueue<T>(tx: &mpsc::Sender<T>, name: &str, queue: usize, job: T) -> Result<(), ApiError> {
     tx.try_send(job).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::busy(name, queue),
-        mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model's worker stopped"),
+        mpsc::error::TrySendError::Closed(_) => ApiError::internal("the model worker stopped"),
     })
 }
 
-/// KV caches kept between requests, each holding the tokens last run in it. A request takes
-/// the cache sharing the longest prefix with its prompt when it only extends it (the next turn
-/// of a conversation); otherwise that shared prefix is copied into a free slot, or over the
-/// least recently used cache, so the other caches keep their prefixes for the requests that
-/// share them (two conversations with different system prompts that interleave, a few-shot
-/// prompt asked many questions). Caches are made on first use: unused slots cost no memory.
-/// With 0 slots nothing is reused (every prompt computed in full: the baseline to measure the
-/// reuse against).
-pub struct PrefixCaches {
-    slots: usize,
-    caches: Vec<(frugal_models::chat::KvCache, u64)>,
-    clock: u64,
+/// One generation being decoded, with its cache (checked out of the pool) and its client.
+struct Active {
+    slot: usize,
+    cache: frugal_models::chat::KvCache,
+    decoding: frugal_models::chat::Decoding,
+    next: u32,
+    events: mpsc::UnboundedSender<ChatEvent>,
+    deadline: Instant,
+    timed_out: bool,
+    queue_secs: f64,
+    /// Decode steps run, and the generations in them summed (for `ChatDone::decode_batch`).
+    steps: usize,
+    rows: usize,
 }
 
-impl PrefixCaches {
-    pub fn new(slots: usize) -> PrefixCaches {
-        PrefixCaches {
-            slots,
-            caches: vec![],
-            clock: 0,
-        }
+/// Sends a text piece unless past the deadline (then it stops the generation).
+fn send_piece(
+    events: &mpsc::UnboundedSender<ChatEvent>,
+    deadline: Instant,
+    timed_out: &mut bool,
+    piece: &str,
+) -> bool {
+    if Instant::now() >= deadline {
+        *timed_out = true;
+        return false;
     }
+    events.send(ChatEvent::Text(piece.to_string())).is_ok()
+}
 
-    /// The cache for a request with this prompt.
-    pub fn pick(
-        &mut self,
-        model: &ChatModel,
-        prompt: &[u32],
-    ) -> &mut frugal_models::chat::KvCache {
-        self.clock += 1;
-        if self.slots == 0 {
-            if self.caches.is_empty() {
-                self.caches.push((model.new_cache(), 0));
+/// Continuous batching: requests join between decode steps (their prompts run on arrival),
+/// every step decodes one token of each generation in progress together, and each leaves as
+/// soon as it is done. With `batch` 1 requests run one after another.
+fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batch: usize) {
+    let mut caches = PrefixCaches::new(slots);
+    let mut active: Vec<Active> = vec![];
+    loop {
+        if active.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => admit(m, &mut caches, &mut active, job),
+                None => return,
             }
-            self.caches[0].0.truncate(0);
-            return &mut self.caches[0].0;
         }
-        let best = (0..self.caches.len())
-            .map(|i| (self.caches[i].0.common_prefix(prompt), self.caches[i].1, i))
-            .max_by_key(|&(common, used, _)| (common, used));
-        let i = match best {
-            // The prompt extends everything the cache holds: use it as it is.
-            Some((common, _, i)) if common > 0 && common == self.caches[i].0.len() => i,
-            _ => {
-                let (common, from) = best.map_or((0, None), |(c, _, i)| (c, Some(i)));
-                let target = if self.caches.len() < self.slots {
-                    self.caches.push((model.new_cache(), 0));
-                    self.caches.len() - 1
-                } else {
-                    (0..self.caches.len())
-                        .min_by_key(|&i| self.caches[i].1)
-                        .expect("at least one cache")
-                };
-                match from {
-                    Some(f) if f != target && common > 0 => {
-                        self.caches[target].0 = self.caches[f].0.prefix_copy(common);
-                    }
-                    _ => {}
+        while active.len() < batch {
+            match rx.try_recv() {
+                Ok(job) => admit(m, &mut caches, &mut active, job),
+                Err(_) => break,
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
+        let mut refs: Vec<&mut frugal_models::chat::KvCache> =
+            active.iter_mut().map(|a| &mut a.cache).collect();
+        let logits = match m.step_batch(&tokens, &mut refs) {
+            Ok(l) => l,
+            Err(e) => {
+                for a in active.drain(..) {
+                    let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
+                    caches.checkin(a.slot, a.cache);
                 }
-                target
+                continue;
             }
         };
-        self.caches[i].1 = self.clock;
-        &mut self.caches[i].0
+        let mut still = vec![];
+        let width = active.len();
+        for (mut a, l) in active.drain(..).zip(logits) {
+            a.steps += 1;
+            a.rows += width;
+            let (events, deadline) = (a.events.clone(), a.deadline);
+            let r = m.advance(&mut a.decoding, l, &a.cache, &mut |p| {
+                send_piece(&events, deadline, &mut a.timed_out, p)
+            });
+            match r {
+                Ok(Some(next)) => {
+                    a.next = next;
+                    still.push(a);
+                }
+                Ok(None) => done(m, &mut caches, a),
+                Err(e) => {
+                    let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
+                    caches.checkin(a.slot, a.cache);
+                }
+            }
+        }
+        active = still;
     }
 }
 
-fn run_chat(model: &ChatModel, cache: &mut frugal_models::chat::KvCache, job: ChatJob) {
+/// Takes a request in: runs its prompt and first token, then keeps it in `active` (or answers
+/// it at once when it is already finished or cannot run).
+fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job: ChatJob) {
     let queue_secs = job.enqueued.elapsed().as_secs_f64();
     if job.events.is_closed() {
         return; // the client went away while it waited
     }
-    let mut timed_out = false;
     if Instant::now() >= job.deadline {
         let _ = job
             .events
             .send(ChatEvent::Done(Err("timed out in the queue".into())));
         return;
     }
-    let events = job.events.clone();
-    let deadline = job.deadline;
-    let r = model.generate(&job.prompt_ids, &job.opts, cache, &mut |piece| {
-        if Instant::now() >= deadline {
-            timed_out = true;
-            return false;
+    let (slot, mut cache) = caches.checkout(m, &job.prompt_ids);
+    let (mut decoding, logits) = match m.start(&job.prompt_ids, &job.opts, &mut cache) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = job.events.send(ChatEvent::Done(Err(e.to_string())));
+            caches.checkin(slot, cache);
+            return;
         }
-        events.send(ChatEvent::Text(piece.to_string())).is_ok()
+    };
+    let mut timed_out = false;
+    let (events, deadline) = (job.events.clone(), job.deadline);
+    let r = m.advance(&mut decoding, logits, &cache, &mut |p| {
+        send_piece(&events, deadline, &mut timed_out, p)
     });
-    let done = r
-        .map(|mut generation| {
-            if timed_out {
-                generation.finish_reason = frugal_models::chat::FinishReason::Length;
+    let a = Active {
+        slot,
+        cache,
+        decoding,
+        next: 0,
+        events: job.events,
+        deadline: job.deadline,
+        timed_out,
+        queue_secs,
+        steps: 0,
+        rows: 0,
+    };
+    match r {
+        Ok(Some(next)) => active.push(Active { next, ..a }),
+        Ok(None) => done(m, caches, a),
+        Err(e) => {
+            let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
+            caches.checkin(a.slot, a.cache);
+        }
+    }
+}
+
+/// Ends a finished generation: the rest of its text and its result to the client, its cache
+/// back to the pool.
+fn done(m: &ChatModel, caches: &mut PrefixCaches, a: Active) {
+    let Active {
+        slot,
+        cache,
+        decoding,
+        events,
+        deadline,
+        mut timed_out,
+        queue_secs,
+        steps,
+        rows,
+        ..
+    } = a;
+    let mut generation = m.finish(decoding, &mut |p| {
+        send_piece(&events, deadline, &mut timed_out, p)
+    });
+    if timed_out {
+        generation.finish_reason = frugal_models::chat::FinishReason::Length;
+    }
+    let _ = events.send(ChatEvent::Done(Ok(ChatDone {
+        generation,
+        queue_secs,
+        timed_out,
+        decode_batch: if steps == 0 {
+            1.0
+        } else {
+            rows as f64 / steps as f64
+        },
+    })));
+    caches.checkin(slot, cache);
+}
+
+/// KV caches kept between requests, each holding the tokens last run in it. A request takes
+/// the idle cache sharing the longest prefix with its prompt when it only extends it (the
+/// next turn of a conversation); otherwise that shared prefix is copied into an empty slot, or
+/// over the least recently used idle cache, so the other caches keep their prefixes for the
+/// requests that share them (conversations with different system prompts that interleave, a
+/// few-shot prompt asked many questions). A cache is checked out while its generation runs;
+/// when more generations run than there are slots, extra caches are made and dropped after.
+/// With 0 slots nothing is reused (every prompt computed in full: the baseline to measure the
+/// reuse against).
+pub struct PrefixCaches {
+    slots: usize,
+    pool: Vec<Slot>,
+    clock: u64,
+}
+
+struct Slot {
+    /// None while checked out or empty.
+    cache: Option<frugal_models::chat::KvCache>,
+    used: u64,
+    out: bool,
+}
+
+impl PrefixCaches {
+    pub fn new(slots: usize) -> PrefixCaches {
+        PrefixCaches {
+            slots,
+            pool: vec![],
+            clock: 0,
+        }
+    }
+
+    /// Slots holding a cache or checked out.
+    fn held(&self) -> usize {
+        self.pool
+            .iter()
+            .filter(|s| s.out || s.cache.is_some())
+            .count()
+    }
+
+    /// A cache for a request with this prompt (and its slot, for `checkin`).
+    pub fn checkout(
+        &mut self,
+        model: &ChatModel,
+        prompt: &[u32],
+    ) -> (usize, frugal_models::chat::KvCache) {
+        self.clock += 1;
+        let best = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.cache.as_ref().map(|c| (c.common_prefix(prompt), s.used, i)))
+            .max_by_key(|&(common, used, _)| (common, used));
+        let target = match best {
+            Some((common, _, i))
+                if self.slots > 0
+                    && common > 0
+                    && self.pool[i].cache.as_ref().is_some_and(|c| c.len() == common) =>
+            {
+                i
             }
-            ChatDone {
-                generation,
-                queue_secs,
-                timed_out,
+            _ => {
+                let idle_lru = (0..self.pool.len())
+                    .filter(|&i| self.pool[i].cache.is_some())
+                    .min_by_key(|&i| self.pool[i].used);
+                let t = match (self.held() < self.slots, idle_lru) {
+                    (false, Some(i)) => i,
+                    _ => match self.pool.iter().position(|s| !s.out && s.cache.is_none()) {
+                        Some(i) => i,
+                        None => {
+                            self.pool.push(Slot {
+                                cache: None,
+                                used: 0,
+                                out: false,
+                            });
+                            self.pool.len() - 1
+                        }
+                    },
+                };
+                let copy = match best {
+                    Some((common, _, f)) if self.slots > 0 && common > 0 && f != t => self.pool
+                        [f]
+                        .cache
+                        .as_ref()
+                        .map(|c| c.prefix_copy(common)),
+                    _ => None,
+                };
+                if let Some(c) = copy {
+                    self.pool[t].cache = Some(c);
+                }
+                t
             }
-        })
-        .map_err(|e| e.to_string());
-    let _ = job.events.send(ChatEvent::Done(done));
+        };
+        let slot = &mut self.pool[target];
+        slot.used = self.clock;
+        slot.out = true;
+        let mut cache = slot.cache.take().unwrap_or_else(|| model.new_cache());
+        if self.slots == 0 {
+            cache.truncate(0);
+        }
+        (target, cache)
+    }
+
+    /// Returns a cache to its slot; idle caches beyond the slot count are dropped, least
+    /// recently used first.
+    pub fn checkin(&mut self, slot: usize, cache: frugal_models::chat::KvCache) {
+        let s = &mut self.pool[slot];
+        s.out = false;
+        s.cache = Some(cache);
+        while self.held() > self.slots {
+            match (0..self.pool.len())
+                .filter(|&i| self.pool[i].cache.is_some())
+                .min_by_key(|&i| self.pool[i].used)
+            {
+                Some(i) => self.pool[i].cache = None,
+                None => break,
+            }
+        }
+    }
 }
 
 /// A model that maps texts to one vector each (embeddings, or label probabilities), and the

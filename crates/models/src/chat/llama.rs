@@ -450,18 +450,56 @@ impl Llama {
         cache: &mut KvCache,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
-        let c = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Err(Error::Invalid("no tokens to run".into()));
         }
-        if cache.len() + n > cache.capacity {
+        let rows = if all_logits { n } else { 1 };
+        self.run(tokens, &mut [cache], &vec![0; n], rows)
+    }
+
+    /// One decode step of several sequences at once: `tokens[i]` runs at the next position of
+    /// `caches[i]`. The weights are read once for all of them (the matrix products take one
+    /// row per sequence), which is what makes serving concurrent requests cheaper than one
+    /// after another. Returns each sequence's logits, `tokens.len()` x vocab.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
+        if tokens.is_empty() || tokens.len() != caches.len() {
             return Err(Error::Invalid(format!(
-                "{} tokens do not fit the context window of {} ({} already used)",
-                n,
-                cache.capacity,
-                cache.len()
+                "{} tokens for {} sequences: one each",
+                tokens.len(),
+                caches.len()
             )));
+        }
+        let seq: Vec<usize> = (0..tokens.len()).collect();
+        self.run(tokens, caches, &seq, tokens.len())
+    }
+
+    /// Runs rows `tokens`, row t of sequence `seq[t]` (rows of one sequence in order, at its
+    /// cache's next positions); logits for the last `rows` rows.
+    fn run(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        seq: &[usize],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        let mut added = vec![0usize; caches.len()];
+        let mut pos = Vec::with_capacity(n);
+        for &sq in seq {
+            pos.push(caches[sq].len() + added[sq]);
+            added[sq] += 1;
+        }
+        for (cache, &more) in caches.iter().zip(&added) {
+            if cache.len() + more > cache.capacity {
+                return Err(Error::Invalid(format!(
+                    "{} tokens do not fit the context window of {} ({} already used)",
+                    more,
+                    cache.capacity,
+                    cache.len()
+                )));
+            }
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
             return Err(Error::Invalid(format!(
@@ -469,8 +507,7 @@ impl Llama {
                 c.n_vocab
             )));
         }
-        let pos0 = cache.len();
-        self.ensure_rope(pos0 + n);
+        self.ensure_rope(pos.iter().max().map_or(0, |p| p + 1));
         let rope = self.rope.read().expect("rope lock");
         let d = c.n_embd;
         let mut x = vec![0.0f32; n * d];
@@ -478,12 +515,10 @@ impl Llama {
             self.tok_embd
                 .dequantize_row(tok as usize, &mut x[t * d..(t + 1) * d]);
         }
-        let rows = if all_logits { n } else { 1 };
         let kv_dim = c.n_head_kv * c.head_dim;
-        // The cache grows by the new positions up front, so that each thread writes its own
+        // Each cache grows by its new positions up front, so that each thread writes its own
         // part of them (no serial step, one barrier fewer per layer).
-        let total = (pos0 + n) * kv_dim;
-        let grown = |layers: &mut Vec<Vec<f32>>| -> Vec<SharedBuf> {
+        let grown = |layers: &mut Vec<Vec<f32>>, total: usize| -> Vec<SharedBuf> {
             layers
                 .iter_mut()
                 .map(|l| {
@@ -493,7 +528,12 @@ impl Llama {
                 })
                 .collect()
         };
-        let (kc, vc) = (grown(&mut cache.k), grown(&mut cache.v));
+        let (mut kc, mut vc) = (vec![], vec![]);
+        for (cache, &more) in caches.iter_mut().zip(&added) {
+            let total = (cache.len() + more) * kv_dim;
+            kc.push(grown(&mut cache.k, total));
+            vc.push(grown(&mut cache.v, total));
+        }
         let bufs = Buffers {
             x: SharedBuf::new(x),
             q: SharedBuf::new(vec![0.0; n * d]),
@@ -512,7 +552,8 @@ impl Llama {
         let barrier = SpinBarrier::new(nth);
         let step = Step {
             tokens,
-            pos0,
+            seq,
+            pos: &pos,
             rows,
             cos: &rope.1,
             sin: &rope.2,
@@ -526,11 +567,15 @@ impl Llama {
                 }
             });
         }
-        for (li, (k, v)) in bufs.kc.into_iter().zip(bufs.vc).enumerate() {
-            cache.k[li] = k.into_inner();
-            cache.v[li] = v.into_inner();
+        for (cache, (ks, vs)) in caches.iter_mut().zip(bufs.kc.into_iter().zip(bufs.vc)) {
+            for (li, (k, v)) in ks.into_iter().zip(vs).enumerate() {
+                cache.k[li] = k.into_inner();
+                cache.v[li] = v.into_inner();
+            }
         }
-        cache.tokens.extend_from_slice(tokens);
+        for (&tok, &sq) in tokens.iter().zip(seq) {
+            caches[sq].tokens.push(tok);
+        }
         Ok(bufs.logits.into_inner())
     }
 
@@ -573,8 +618,12 @@ impl Llama {
                         let (cs, sn) = s.rope(t, hd);
                         let k = b.k.part(t * kv_dim + r.start, r.len());
                         rope_rows(k, r.start, hd, cs, sn);
-                        let at = (s.pos0 + t) * kv_dim + r.start;
-                        for (c, &x) in b.kc[li].part(at, r.len()).iter_mut().zip(k.iter()) {
+                        let at = s.pos[t] * kv_dim + r.start;
+                        for (c, &x) in b.kc[s.seq[t]][li]
+                            .part(at, r.len())
+                            .iter_mut()
+                            .zip(k.iter())
+                        {
                             *c = f16::from_f32(x).to_f32();
                         }
                     }
@@ -586,8 +635,12 @@ impl Llama {
                         .matmul_rows(&acts_v, n, r.clone(), b.v.ptr(), false);
                     for t in 0..n {
                         let v = b.v.part(t * kv_dim + r.start, r.len());
-                        let at = (s.pos0 + t) * kv_dim + r.start;
-                        for (c, &x) in b.vc[li].part(at, r.len()).iter_mut().zip(v.iter()) {
+                        let at = s.pos[t] * kv_dim + r.start;
+                        for (c, &x) in b.vc[s.seq[t]][li]
+                            .part(at, r.len())
+                            .iter_mut()
+                            .zip(v.iter())
+                        {
                             *c = f16::from_f32(x).to_f32();
                         }
                     }
@@ -595,10 +648,12 @@ impl Llama {
             }
             barrier.wait();
             {
-                let (kc, vc, q) = unsafe { (b.kc[li].read(), b.vc[li].read(), b.q.read()) };
+                let q = unsafe { b.q.read() };
                 for unit in split(n * c.n_head, tid, nth) {
+                    let t = unit / c.n_head;
+                    let (kc, vc) = unsafe { (b.kc[s.seq[t]][li].read(), b.vc[s.seq[t]][li].read()) };
                     let out = unsafe { b.att.part(unit * hd, hd) };
-                    attend(c, q, kc, vc, s.pos0, unit, out);
+                    attend(c, q, kc, vc, s.pos[t], unit, out);
                 }
             }
             barrier.wait();
@@ -661,7 +716,9 @@ impl Llama {
 /// What every thread of a forward pass reads.
 struct Step<'a> {
     tokens: &'a [u32],
-    pos0: usize,
+    /// Per row: its sequence (cache) and position.
+    seq: &'a [usize],
+    pos: &'a [usize],
     /// Rows of logits wanted (1, or every token's).
     rows: usize,
     cos: &'a [f32],
@@ -678,15 +735,15 @@ struct Buffers {
     g: SharedBuf,
     u: SharedBuf,
     logits: SharedBuf,
-    /// Per layer, the KV cache's keys and values, grown by the new positions.
-    kc: Vec<SharedBuf>,
-    vc: Vec<SharedBuf>,
+    /// Per sequence and layer, the KV cache's keys and values, grown by the new positions.
+    kc: Vec<Vec<SharedBuf>>,
+    vc: Vec<Vec<SharedBuf>>,
 }
 
 impl Step<'_> {
     /// RoPE's cosines and sines at token `t`'s position.
     fn rope(&self, t: usize, hd: usize) -> (&[f32], &[f32]) {
-        let p = (self.pos0 + t) * hd / 2;
+        let p = self.pos[t] * hd / 2;
         (&self.cos[p..p + hd / 2], &self.sin[p..p + hd / 2])
     }
 }
@@ -730,7 +787,7 @@ fn attend(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
-    pos0: usize,
+    pos: usize,
     unit: usize,
     o: &mut [f32],
 ) {
@@ -743,7 +800,7 @@ fn attend(
         .iter()
         .map(|&v| f16::from_f32(v).to_f32())
         .collect();
-    let n_keys = pos0 + t + 1;
+    let n_keys = pos + 1;
     let mut scores: Vec<f32> = (0..n_keys)
         .map(|p| ggml::dot16(&kc[head(p)], &qh) * scale)
         .collect();

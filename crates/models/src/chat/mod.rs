@@ -247,6 +247,21 @@ impl ChatModel {
         cache: &mut KvCache,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        let (mut d, mut logits) = self.start(prompt_ids, opts, cache)?;
+        while let Some(next) = self.advance(&mut d, logits, cache, on_text)? {
+            logits = self.llama.forward(&[next], cache, false)?;
+        }
+        Ok(self.finish(d, on_text))
+    }
+
+    /// Starts a generation: checks the request, runs the prompt (reusing the longest prefix
+    /// `cache` holds) and returns its state with the prompt's last logits, for `advance`.
+    pub fn start(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        cache: &mut KvCache,
+    ) -> Result<(Decoding, Vec<f32>)> {
         if prompt_ids.is_empty() {
             return Err(Error::Invalid(
                 "the prompt is empty; give some text to complete".into(),
@@ -264,95 +279,150 @@ impl ChatModel {
         }
         let t0 = Instant::now();
         let reuse = reuse_prefix(cache, prompt_ids);
-        let mut logits = self.llama.forward(&prompt_ids[reuse..], cache, false)?;
-        let prompt_secs = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        let mut sampler = Sampler::new(opts.sampling.clone());
-        let mut history = prompt_ids.to_vec();
-        let mut out_ids: Vec<u32> = vec![];
-        let mut logprobs: Vec<f32> = vec![];
-        let mut emitted = 0usize;
-        let mut text = String::new();
-        let max_stop = opts.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        let finish;
-        // Set when `on_text` asked to stop: it then hears nothing more.
-        let mut stopped_by_caller = false;
-        loop {
-            let lse = log_sum_exp(&logits);
-            let raw = logits.clone();
-            let next = sampler.sample(&mut logits, &history);
-            if self.tokenizer.stop_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            logprobs.push(raw[next as usize] - lse);
-            out_ids.push(next);
-            history.push(next);
-            text = self.tokenizer.decode(&out_ids, false)?;
-            // Hold back an incomplete UTF-8 character and anything that may begin a stop string.
-            if let Some((idx, _)) = opts
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| text.find(s.as_str()).map(|i| (i, s)))
-                .min_by_key(|(i, _)| *i)
-            {
-                text.truncate(idx);
-                if idx > emitted {
-                    on_text(&text[emitted..]);
-                }
-                emitted = text.len();
-                finish = FinishReason::Stop;
-                break;
-            }
-            if !text.ends_with('\u{FFFD}') {
-                let mut safe = text.len();
-                for k in (1..max_stop.min(text.len() + 1)).rev() {
-                    let tail_start = text.len() - k;
-                    if text.is_char_boundary(tail_start)
-                        && opts.stop.iter().any(|s| s.starts_with(&text[tail_start..]))
-                    {
-                        safe = tail_start;
-                        break;
-                    }
-                }
-                if safe > emitted {
-                    let keep_going = on_text(&text[emitted..safe]);
-                    emitted = safe;
-                    if !keep_going {
-                        stopped_by_caller = true;
-                        finish = FinishReason::Stop;
-                        break;
-                    }
-                }
-            }
-            if out_ids.len() >= opts.max_tokens || cache.len() + 1 > cache.capacity() {
-                finish = FinishReason::Length;
-                break;
-            }
-            logits = self.llama.forward(&[next], cache, false)?;
-        }
-        if finish == FinishReason::Length {
-            // Cut short inside a multi-byte character: drop the partial character.
-            while text.len() > emitted && text.ends_with('\u{FFFD}') {
-                text.pop();
-            }
-        }
-        if text.len() > emitted && !stopped_by_caller {
-            on_text(&text[emitted..]);
-        }
-        Ok(Generation {
-            cached_tokens: reuse,
-            completion_tokens: out_ids.len(),
-            text,
-            token_ids: out_ids,
-            logprobs,
+        let logits = self.llama.forward(&prompt_ids[reuse..], cache, false)?;
+        let d = Decoding {
+            sampler: Sampler::new(opts.sampling.clone()),
+            history: prompt_ids.to_vec(),
+            out_ids: vec![],
+            logprobs: vec![],
+            emitted: 0,
+            text: String::new(),
+            max_stop: opts.stop.iter().map(|s| s.len()).max().unwrap_or(0),
+            stopped_by_caller: false,
+            finish: FinishReason::Length,
+            cached: reuse,
             prompt_tokens: prompt_ids.len(),
-            finish_reason: finish,
-            prompt_secs,
-            gen_secs: t1.elapsed().as_secs_f64(),
-        })
+            prompt_secs: t0.elapsed().as_secs_f64(),
+            started: Instant::now(),
+            opts: opts.clone(),
+        };
+        Ok((d, logits))
+    }
+
+    /// Takes the logits of the last step: samples the next token, streams the new text to
+    /// `on_text` (holding back an incomplete character or a possible stop string), and returns
+    /// the token to run next, or None when the generation is over (`finish` then ends it).
+    pub fn advance(
+        &self,
+        d: &mut Decoding,
+        mut logits: Vec<f32>,
+        cache: &KvCache,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Option<u32>> {
+        let lse = log_sum_exp(&logits);
+        let raw = logits.clone();
+        let next = d.sampler.sample(&mut logits, &d.history);
+        if self.tokenizer.stop_ids.contains(&next) {
+            d.finish = FinishReason::Stop;
+            return Ok(None);
+        }
+        d.logprobs.push(raw[next as usize] - lse);
+        d.out_ids.push(next);
+        d.history.push(next);
+        d.text = self.tokenizer.decode(&d.out_ids, false)?;
+        let (text, stop) = (&mut d.text, &d.opts.stop);
+        if let Some((idx, _)) = stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i)
+        {
+            text.truncate(idx);
+            if idx > d.emitted {
+                on_text(&text[d.emitted..]);
+            }
+            d.emitted = text.len();
+            d.finish = FinishReason::Stop;
+            return Ok(None);
+        }
+        if !text.ends_with('\u{FFFD}') {
+            let mut safe = text.len();
+            for k in (1..d.max_stop.min(text.len() + 1)).rev() {
+                let tail_start = text.len() - k;
+                if text.is_char_boundary(tail_start)
+                    && stop.iter().any(|s| s.starts_with(&text[tail_start..]))
+                {
+                    safe = tail_start;
+                    break;
+                }
+            }
+            if safe > d.emitted {
+                let keep_going = on_text(&text[d.emitted..safe]);
+                d.emitted = safe;
+                if !keep_going {
+                    d.stopped_by_caller = true;
+                    d.finish = FinishReason::Stop;
+                    return Ok(None);
+                }
+            }
+        }
+        if d.out_ids.len() >= d.opts.max_tokens || cache.len() + 1 > cache.capacity() {
+            d.finish = FinishReason::Length;
+            return Ok(None);
+        }
+        Ok(Some(next))
+    }
+
+    /// Ends a generation that `advance` finished: sends the text still held back, and returns
+    /// the result.
+    pub fn finish(&self, mut d: Decoding, on_text: &mut dyn FnMut(&str) -> bool) -> Generation {
+        if d.finish == FinishReason::Length {
+            // Cut short inside a multi-byte character: drop the partial character.
+            while d.text.len() > d.emitted && d.text.ends_with('\u{FFFD}') {
+                d.text.pop();
+            }
+        }
+        if d.text.len() > d.emitted && !d.stopped_by_caller {
+            on_text(&d.text[d.emitted..]);
+        }
+        Generation {
+            cached_tokens: d.cached,
+            completion_tokens: d.out_ids.len(),
+            text: d.text,
+            token_ids: d.out_ids,
+            logprobs: d.logprobs,
+            prompt_tokens: d.prompt_tokens,
+            finish_reason: d.finish,
+            prompt_secs: d.prompt_secs,
+            gen_secs: d.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// One decode step of several generations at once (`tokens[i]` continuing `caches[i]`):
+    /// the weights are read once for all. Returns each one's logits.
+    pub fn step_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+        let all = self.llama.forward_batch(tokens, caches)?;
+        let vocab = all.len() / tokens.len();
+        Ok(all.chunks_exact(vocab).map(|c| c.to_vec()).collect())
+    }
+}
+
+/// One generation in progress: its sampler, tokens and text so far, stop handling and
+/// streaming state. `ChatModel::generate` drives one from start to finish; a server drives
+/// several, running their decode steps together (`ChatModel::step_batch`).
+pub struct Decoding {
+    opts: GenerateOptions,
+    sampler: Sampler,
+    history: Vec<u32>,
+    out_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    /// Bytes of `text` already sent.
+    emitted: usize,
+    text: String,
+    max_stop: usize,
+    /// Set when `on_text` asked to stop: it then hears nothing more.
+    stopped_by_caller: bool,
+    finish: FinishReason,
+    cached: usize,
+    prompt_tokens: usize,
+    prompt_secs: f64,
+    started: Instant,
+}
+
+impl Decoding {
+    /// Tokens generated so far.
+    pub fn completion_tokens(&self) -> usize {
+        self.out_ids.len()
     }
 }
 
