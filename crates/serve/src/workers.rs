@@ -89,7 +89,6 @@ fn enqueue<T>(tx: &mpsc::Sender<T>, name: &str, queue: usize, job: T) -> Result<
 
 /// One generation being decoded, with its cache (checked out of the pool) and its client.
 struct Active {
-    slot: usize,
     cache: frugal_models::chat::KvCache,
     decoding: frugal_models::chat::Decoding,
     next: u32,
@@ -146,7 +145,7 @@ fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batc
             Err(e) => {
                 for a in active.drain(..) {
                     let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-                    caches.checkin(a.slot, a.cache);
+                    caches.checkin(a.cache);
                 }
                 continue;
             }
@@ -168,7 +167,7 @@ fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batc
                 Ok(None) => done(m, &mut caches, a),
                 Err(e) => {
                     let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-                    caches.checkin(a.slot, a.cache);
+                    caches.checkin(a.cache);
                 }
             }
         }
@@ -189,12 +188,12 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
             .send(ChatEvent::Done(Err("timed out in the queue".into())));
         return;
     }
-    let (slot, mut cache) = caches.checkout(m, &job.prompt_ids);
+    let mut cache = caches.checkout(m, &job.prompt_ids);
     let (mut decoding, logits) = match m.start(&job.prompt_ids, &job.opts, &mut cache) {
         Ok(x) => x,
         Err(e) => {
             let _ = job.events.send(ChatEvent::Done(Err(e.to_string())));
-            caches.checkin(slot, cache);
+            caches.checkin(cache);
             return;
         }
     };
@@ -204,7 +203,6 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
         send_piece(&events, deadline, &mut timed_out, p)
     });
     let a = Active {
-        slot,
         cache,
         decoding,
         next: 0,
@@ -220,7 +218,7 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
         Ok(None) => done(m, caches, a),
         Err(e) => {
             let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-            caches.checkin(a.slot, a.cache);
+            caches.checkin(a.cache);
         }
     }
 }
@@ -229,7 +227,6 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
 /// back to the pool.
 fn done(m: &ChatModel, caches: &mut PrefixCaches, a: Active) {
     let Active {
-        slot,
         cache,
         decoding,
         events,
@@ -256,125 +253,71 @@ fn done(m: &ChatModel, caches: &mut PrefixCaches, a: Active) {
             rows as f64 / steps as f64
         },
     })));
-    caches.checkin(slot, cache);
+    caches.checkin(cache);
 }
 
-/// KV caches kept between requests, each holding the tokens last run in it. A request takes
-/// the idle cache sharing the longest prefix with its prompt when it only extends it (the
-/// next turn of a conversation); otherwise that shared prefix is copied into an empty slot, or
-/// over the least recently used idle cache, so the other caches keep their prefixes for the
-/// requests that share them (conversations with different system prompts that interleave, a
-/// few-shot prompt asked many questions). A cache is checked out while its generation runs;
-/// when more generations run than there are slots, extra caches are made and dropped after.
-/// With 0 slots nothing is reused (every prompt computed in full: the baseline to measure the
-/// reuse against).
+/// KV caches kept between requests, each holding the tokens of a finished request (prompt and
+/// answer). A new request gets a copy of the longest prefix any of them shares with its prompt
+/// (a system prompt, few-shot examples, the earlier turns of a conversation; copying is far
+/// cheaper than computing), so the kept caches stay for the other requests that share them,
+/// also while generations run concurrently. A finished request's cache replaces the kept one
+/// sharing most of it (one it extends, or a sibling with the same system prompt or examples:
+/// at least half of the kept one in common), else takes a free slot, else the least recently
+/// used one's. With 0 slots nothing is reused (every prompt computed in full: the baseline to
+/// measure the reuse against).
 pub struct PrefixCaches {
     slots: usize,
-    pool: Vec<Slot>,
+    kept: Vec<(frugal_models::chat::KvCache, u64)>,
     clock: u64,
-}
-
-struct Slot {
-    /// None while checked out or empty.
-    cache: Option<frugal_models::chat::KvCache>,
-    used: u64,
-    out: bool,
 }
 
 impl PrefixCaches {
     pub fn new(slots: usize) -> PrefixCaches {
         PrefixCaches {
             slots,
-            pool: vec![],
+            kept: vec![],
             clock: 0,
         }
     }
 
-    /// Slots holding a cache or checked out.
-    fn held(&self) -> usize {
-        self.pool
-            .iter()
-            .filter(|s| s.out || s.cache.is_some())
-            .count()
-    }
-
-    /// A cache for a request with this prompt (and its slot, for `checkin`).
-    pub fn checkout(
-        &mut self,
-        model: &ChatModel,
-        prompt: &[u32],
-    ) -> (usize, frugal_models::chat::KvCache) {
+    /// A cache for a request with this prompt, holding the longest prefix kept.
+    pub fn checkout(&mut self, model: &ChatModel, prompt: &[u32]) -> frugal_models::chat::KvCache {
         self.clock += 1;
         let best = self
-            .pool
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.cache.as_ref().map(|c| (c.common_prefix(prompt), s.used, i)))
-            .max_by_key(|&(common, used, _)| (common, used));
-        let target = match best {
-            Some((common, _, i))
-                if self.slots > 0
-                    && common > 0
-                    && self.pool[i].cache.as_ref().is_some_and(|c| c.len() == common) =>
-            {
-                i
-            }
-            _ => {
-                let idle_lru = (0..self.pool.len())
-                    .filter(|&i| self.pool[i].cache.is_some())
-                    .min_by_key(|&i| self.pool[i].used);
-                let t = match (self.held() < self.slots, idle_lru) {
-                    (false, Some(i)) => i,
-                    _ => match self.pool.iter().position(|s| !s.out && s.cache.is_none()) {
-                        Some(i) => i,
-                        None => {
-                            self.pool.push(Slot {
-                                cache: None,
-                                used: 0,
-                                out: false,
-                            });
-                            self.pool.len() - 1
-                        }
-                    },
-                };
-                let copy = match best {
-                    Some((common, _, f)) if self.slots > 0 && common > 0 && f != t => self.pool
-                        [f]
-                        .cache
-                        .as_ref()
-                        .map(|c| c.prefix_copy(common)),
-                    _ => None,
-                };
-                if let Some(c) = copy {
-                    self.pool[t].cache = Some(c);
+            .kept
+            .iter_mut()
+            .map(|(c, used)| (c.common_prefix(prompt), c, used))
+            .max_by_key(|(common, _, used)| (*common, **used));
+        match best {
+            Some((common, c, used)) if common > 0 => {
+                if 2 * common >= c.len() {
+                    *used = self.clock;
                 }
-                t
+                c.prefix_copy(common)
             }
-        };
-        let slot = &mut self.pool[target];
-        slot.used = self.clock;
-        slot.out = true;
-        let mut cache = slot.cache.take().unwrap_or_else(|| model.new_cache());
-        if self.slots == 0 {
-            cache.truncate(0);
+            _ => model.new_cache(),
         }
-        (target, cache)
     }
 
-    /// Returns a cache to its slot; idle caches beyond the slot count are dropped, least
-    /// recently used first.
-    pub fn checkin(&mut self, slot: usize, cache: frugal_models::chat::KvCache) {
-        let s = &mut self.pool[slot];
-        s.out = false;
-        s.cache = Some(cache);
-        while self.held() > self.slots {
-            match (0..self.pool.len())
-                .filter(|&i| self.pool[i].cache.is_some())
-                .min_by_key(|&i| self.pool[i].used)
-            {
-                Some(i) => self.pool[i].cache = None,
-                None => break,
-            }
+    /// Keeps a finished request's cache.
+    pub fn checkin(&mut self, cache: frugal_models::chat::KvCache) {
+        if self.slots == 0 || cache.is_empty() {
+            return;
+        }
+        self.clock += 1;
+        let sibling = (0..self.kept.len())
+            .map(|i| (cache.common_prefix(self.kept[i].0.tokens()), i))
+            .max()
+            .filter(|&(common, i)| common > 0 && 2 * common >= self.kept[i].0.len())
+            .map(|(_, i)| i);
+        let at = match sibling {
+            Some(i) => Some(i),
+            None if self.kept.len() < self.slots => None,
+            None => (0..self.kept.len()).min_by_key(|&i| self.kept[i].1),
+        };
+        match at {
+            Some(i) => self.kept[i] = (cache, self.clock),
+            None => self.kept.push((cache, self.clock)),
         }
     }
 }
