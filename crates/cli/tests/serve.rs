@@ -390,7 +390,12 @@ fn concurrent_generations_are_decoded_together_with_the_same_answers() {
                 .collect()
         })
     };
-    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let batched = Server::start(&["--model", "smollm2", "--chat-batch", "8"]);
     let together = answers(&batched, true);
     let single = Server::start(&["--model", "smollm2", "--chat-batch", "1"]);

@@ -145,10 +145,16 @@ fn a_batched_decode_step_equals_separate_ones() {
     let mut caches = vec![];
     for p in &prompts[..3] {
         let mut cache = m.new_cache();
-        m.llama.forward(&p[..p.len() - 1], &mut cache, false).unwrap();
+        m.llama
+            .forward(&p[..p.len() - 1], &mut cache, false)
+            .unwrap();
         let mut c2 = m.new_cache();
         m.llama.forward(&p[..p.len() - 1], &mut c2, false).unwrap();
-        alone.push(m.llama.forward(&p[p.len() - 1..], &mut cache, false).unwrap());
+        alone.push(
+            m.llama
+                .forward(&p[p.len() - 1..], &mut cache, false)
+                .unwrap(),
+        );
         caches.push(c2);
     }
     let last: Vec<u32> = prompts[..3].iter().map(|p| *p.last().unwrap()).collect();

@@ -651,7 +651,8 @@ impl Llama {
                 let q = unsafe { b.q.read() };
                 for unit in split(n * c.n_head, tid, nth) {
                     let t = unit / c.n_head;
-                    let (kc, vc) = unsafe { (b.kc[s.seq[t]][li].read(), b.vc[s.seq[t]][li].read()) };
+                    let (kc, vc) =
+                        unsafe { (b.kc[s.seq[t]][li].read(), b.vc[s.seq[t]][li].read()) };
                     let out = unsafe { b.att.part(unit * hd, hd) };
                     attend(c, q, kc, vc, s.pos[t], unit, out);
                 }

@@ -141,6 +141,23 @@ impl CustomOp1 for PackedOp<'_> {
     }
 }
 
+/// A linear layer; in training the bias is added by an op with a fast bias gradient.
+fn linear(lin: &Linear, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    match (train, lin.bias()) {
+        (true, Some(b)) => {
+            let y = match x.dims() {
+                [b0, b1, k] => x
+                    .reshape((b0 * b1, *k))?
+                    .matmul(&lin.weight().t()?)?
+                    .reshape((*b0, *b1, ()))?,
+                _ => x.matmul(&lin.weight().t()?)?,
+            };
+            super::ops::add_bias(&y, b)
+        }
+        _ => lin.forward(x),
+    }
+}
+
 /// The weight (out × in, row-major) and bias of a linear layer as plain numbers.
 fn linear_parts(lin: &Linear) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
     let w = lin.weight().flatten_all()?.to_vec1::<f32>()?;
@@ -160,8 +177,13 @@ struct Lora {
 }
 
 impl Lora {
-    fn apply(lin: &Linear, lora: &Option<Lora>, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = lin.forward(x)?;
+    fn apply(
+        lin: &Linear,
+        lora: &Option<Lora>,
+        x: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let y = linear(lin, x, train)?;
         match lora {
             None => Ok(y),
             Some(l) => y + (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?,
@@ -437,9 +459,9 @@ impl Bert {
                 )
             } else {
                 (
-                    heads((Lora::apply(&layer.query, &layer.lora_q, &x)? * scale)?)?,
-                    heads(layer.key.forward(&x)?)?,
-                    heads(Lora::apply(&layer.value, &layer.lora_v, &x)?)?,
+                    heads((Lora::apply(&layer.query, &layer.lora_q, &x, self.train)? * scale)?)?,
+                    heads(linear(&layer.key, &x, self.train)?)?,
+                    heads(Lora::apply(&layer.value, &layer.lora_v, &x, self.train)?)?,
                 )
             };
             let mut scores = q.matmul(&k.t()?)?;
@@ -458,10 +480,13 @@ impl Bert {
                 let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
                 x = layer.out_norm.forward_add(&o, &x, false)?;
             } else {
-                let a = self.drop(layer.attn_out.forward(&ctx)?, self.hidden_dropout)?;
+                let a = self.drop(
+                    linear(&layer.attn_out, &ctx, self.train)?,
+                    self.hidden_dropout,
+                )?;
                 x = layer.attn_norm.forward_add(&a, &x, self.train)?;
-                let i = gelu_erf(&layer.inter.forward(&x)?)?;
-                let o = self.drop(layer.out.forward(&i)?, self.hidden_dropout)?;
+                let i = gelu_erf(&linear(&layer.inter, &x, self.train)?)?;
+                let o = self.drop(linear(&layer.out, &i, self.train)?, self.hidden_dropout)?;
                 x = layer.out_norm.forward_add(&o, &x, self.train)?;
             }
             if all {
