@@ -308,11 +308,13 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
     let mut t_end = std::time::Instant::now();
     let warm = a.warmup as usize;
     let control = frugal_train::trainer::Control::default();
+    let mut losses = vec![];
     frugal_train::trainer::fit(&mut task, vars, &config, &control, &mut |p| {
         if p.step == warm {
             t_start = Some(std::time::Instant::now());
         }
         t_end = std::time::Instant::now();
+        losses.push((p.loss * 1e5).round() / 1e5);
     })?;
     let timed = (t_end - t_start.unwrap_or(t_end)).as_secs_f64();
     let examples = (a.steps * a.batch) as f64;
@@ -326,6 +328,7 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
             "batch": a.batch,
             "max_len": a.max_len,
             "steps": a.steps,
+            "losses": losses,
         }),
     );
     Ok(())
