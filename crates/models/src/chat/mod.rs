@@ -426,10 +426,19 @@ impl Decoding {
     }
 }
 
-/// log Σ exp(logits), computed stably.
+/// log Σ exp(logits), computed stably (a vectorised exp: libm's took ~4% of a decode step).
 fn log_sum_exp(logits: &[f32]) -> f32 {
+    use crate::encoder::ops::{fast_exp, sum_lanes};
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+    let mut e = [0f32; 256];
+    let mut sum = 0f32;
+    for chunk in logits.chunks(256) {
+        for (o, &x) in e.iter_mut().zip(chunk) {
+            *o = fast_exp(x - max);
+        }
+        sum += sum_lanes(&e[..chunk.len()]);
+    }
+    max + sum.ln()
 }
 
 /// log softmax of logits, computed stably.
