@@ -197,8 +197,19 @@ fn main() {
     // One pool size for our kernels (rayon) and candle's.
     std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // Pool threads pinned one to a physical core (the chat runtime's forward pass runs on them
+    // with spinning barriers: a thread moved between cores stalls them all).
+    let cores = physical_cores();
+    let pin = std::env::var("FRUGAL_PIN_THREADS").map_or(true, |v| v != "0")
+        && !cores.is_empty()
+        && threads <= cores.len();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(move |i| {
+            if pin {
+                pin_to(cores[i % cores.len()]);
+            }
+        })
         .build_global();
     let ctx = Ctx {
         quiet: cli.quiet,
@@ -254,6 +265,53 @@ fn main() {
 /// Keeps large freed buffers in the heap instead of returning them to the kernel: model passes
 /// free and re-allocate the same tensor sizes every batch, and glibc's default (mmap each big
 /// block, unmap it on free) made page faults ~14% of embedding time.
+/// One CPU per physical core among those this process may use (SMT siblings left out), from
+/// Linux's topology files; empty where they cannot be read.
+fn physical_cores() -> Vec<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this process.
+        let allowed = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return vec![];
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect::<Vec<_>>()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        allowed
+            .into_iter()
+            .filter(|c| {
+                let read = |f: &str| {
+                    std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/topology/{f}"))
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| c.to_string())
+                };
+                seen.insert((read("physical_package_id"), read("core_id")))
+            })
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        vec![]
+    }
+}
+
+/// Pins the calling thread to `cpu` (Linux; elsewhere nothing).
+fn pin_to(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the set is initialised before use; affinity only affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
+}
+
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
