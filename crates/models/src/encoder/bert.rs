@@ -130,7 +130,7 @@ impl CustomOp1 for PackedOp<'_> {
         };
         let dims = l.shape().dims();
         let k = *dims.last().unwrap_or(&0);
-        let m = if k == 0 { 0 } else { (b - a) / k };
+        let m = (b - a).checked_div(k).unwrap_or(0);
         let mut out = vec![0f32; m * self.0.out_dim()];
         self.0.forward(&data[a..b], m, &mut out);
         let mut shape = dims.to_vec();
