@@ -284,6 +284,9 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
     clf.encoder
         .set_max_len(a.max_len as usize)
         .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
+    // The anchor's model: mean pooling into the head, without sentence-transformers'
+    // normalisation (unit vectors give a 2e-5 learning rate a much flatter loss curve).
+    clf.encoder.normalize = false;
     let texts: Vec<&str> = data.iter().map(|e| e.text.as_str()).collect();
     let ids = clf
         .encoder
@@ -311,6 +314,8 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
         seed: 0,
         patience: 0,
         optimizer: frugal_train::trainer::Optimizer::AdamW,
+        // Constant, as the anchor's loop.
+        decay: false,
     };
     let mut t_start = None;
     let mut t_end = std::time::Instant::now();

@@ -34,6 +34,14 @@ pub struct TrainConfig {
     /// The update rule.
     #[serde(default)]
     pub optimizer: Optimizer,
+    /// Decay the learning rate linearly to 0 after warm-up (false: constant, as PyTorch's
+    /// default optimiser loop).
+    #[serde(default = "yes")]
+    pub decay: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The update rule of a run.
@@ -72,6 +80,7 @@ impl Default for TrainConfig {
             seed: 0,
             patience: 2,
             optimizer: Optimizer::AdamW,
+            decay: true,
         }
     }
 }
@@ -128,11 +137,14 @@ pub fn batch_seed(start: u64, batch: &[usize]) -> u64 {
     })
 }
 
-/// The learning rate at `step` of `total`: linear warm-up, then linear decay to 0.
+/// The learning rate at `step` of `total`: linear warm-up, then linear decay to 0 (or constant
+/// without `decay`).
 pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
     let warm = ((total as f64) * cfg.warmup).round() as usize;
     if step < warm {
         cfg.lr * (step + 1) as f64 / warm as f64
+    } else if !cfg.decay {
+        cfg.lr
     } else {
         let rest = (total - warm).max(1) as f64;
         cfg.lr * (1.0 - (step - warm) as f64 / rest).max(0.0)
@@ -514,6 +526,7 @@ mod tests {
             seed: 1,
             patience: 0,
             optimizer: Optimizer::AdamW,
+            decay: true,
         };
         let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];
         let report = fit(&mut task, vars, &cfg, &Control::default(), &mut |_| {}).unwrap();

@@ -294,7 +294,6 @@ struct AddLayerNorm {
 impl AddLayerNorm {
     fn run(&self, x: &[f32], r: Option<&[f32]>, dim: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
-        let n = dim as f32;
         out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
             let xr = &x[i * dim..(i + 1) * dim];
             match r {
@@ -306,25 +305,7 @@ impl AddLayerNorm {
                 }
                 None => o.copy_from_slice(xr),
             }
-            let mean = sum_lanes(o) / n;
-            let mut acc = [0f32; 16];
-            let mut chunks = o.chunks_exact(16);
-            for c in &mut chunks {
-                for (a, v) in acc.iter_mut().zip(c) {
-                    *a += (v - mean) * (v - mean);
-                }
-            }
-            let var = (acc.iter().sum::<f32>()
-                + chunks
-                    .remainder()
-                    .iter()
-                    .map(|v| (v - mean) * (v - mean))
-                    .sum::<f32>())
-                / n;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            for ((o, w), b) in o.iter_mut().zip(&self.weight).zip(&self.bias) {
-                *o = (*o - mean) * inv * w + b;
-            }
+            normalise_row(o, &self.weight, &self.bias, self.eps);
         });
         out
     }
@@ -416,6 +397,15 @@ fn rows_of(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// LayerNorm of one row in place: (x − mean) / √(var + eps) · w + b.
+#[inline]
+fn normalise_row(o: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, rstd) = row_stats(o, eps);
+    for ((o, w), b) in o.iter_mut().zip(w).zip(b) {
+        *o = (*o - mean) * rstd * w + b;
+    }
+}
+
 /// Mean and 1/√(var + eps) of one row.
 #[inline]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
@@ -464,10 +454,8 @@ impl candle_core::CustomOp3 for LayerNormTrain {
         out.par_chunks_mut(h)
             .zip(x.par_chunks(h))
             .for_each(|(o, xr)| {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for (((o, &v), &wv), &bv) in o.iter_mut().zip(xr).zip(w).zip(bias) {
-                    *o = (v - mean) * rstd * wv + bv;
-                }
+                o.copy_from_slice(xr);
+                normalise_row(o, w, bias, self.eps);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -660,6 +648,18 @@ mod train_op_tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// Largest absolute difference between two tensors.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn dropout_keeps_about_1_minus_p_scaled_and_backward_uses_the_same_mask() {
         let x = Var::new(vec![1f32; 100_000].as_slice(), &Device::Cpu).unwrap();
@@ -695,16 +695,7 @@ mod train_op_tests {
         .unwrap();
         let ours = add_bias(x.as_tensor(), b.as_tensor()).unwrap();
         let theirs = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
-        let diff = |a: &Tensor, c: &Tensor| {
-            (a - c)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = max_diff;
         assert_eq!(diff(&ours, &theirs), 0.0);
         let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &w)
@@ -760,16 +751,7 @@ mod train_op_tests {
         };
         let fused =
             layer_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps as f32).unwrap();
-        let d = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let d = max_diff;
         assert!(d(&fused, &generic) < 1e-5, "{}", d(&fused, &generic));
         let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (generic * &r)
@@ -806,16 +788,7 @@ mod train_op_tests {
             &Device::Cpu,
         )
         .unwrap();
-        let d = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let d = max_diff;
         assert!(d(&ours, &theirs) < 1e-6);
         let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &w)
