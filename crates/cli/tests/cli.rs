@@ -221,6 +221,40 @@ fn precision_flag_runs_reduced_precision_or_falls_back_with_a_notice() {
     fails_with(&o, &["--precision", "f32, bf16 or int8"]);
 }
 
+/// `bench all`: every workload in one go, each row with frugal's figure and its own peak
+/// memory (no anchors asked: no ratios); a wrong anchors folder is refused before anything runs.
+#[test]
+fn bench_all_runs_every_workload_and_refuses_a_wrong_anchors_folder() {
+    let v = run_json(&[
+        "bench",
+        "all",
+        "--precisions",
+        "bf16",
+        "--train-steps",
+        "1",
+        "--json",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{names:?}");
+    assert!(names[0].starts_with("embed") && names[1].starts_with("generate"));
+    assert!(names[2].starts_with("prompt") && names[3].contains("fine-tuning"));
+    for r in rows {
+        assert!(r["frugal"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["frugal_peak_rss_mb"].as_f64().unwrap() > 50.0, "{r}");
+        assert!(r["ratio"].is_null() && r["anchor"].is_null(), "{r}");
+    }
+    assert_eq!(v["runs"]["train"]["losses"].as_array().unwrap().len(), 3);
+    let o = frugal()
+        .args(["bench", "all", "--anchors", "/nonexistent/anchors"])
+        .output()
+        .unwrap();
+    fails_with(&o, &["--anchors /nonexistent/anchors", "common.py"]);
+}
+
 #[test]
 fn bench_embed_and_generate_print_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();

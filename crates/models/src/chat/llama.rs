@@ -661,7 +661,7 @@ impl Llama {
             let acts = layer.wo.quantize_acts(unsafe { b.att.read() }, n);
             // Residual fused: x += att · Woᵀ, each thread on its rows.
             {
-                let r = split_pairs(d, tid, nth);
+                let r = split(d, tid, nth);
                 unsafe { layer.wo.matmul_rows(&acts, n, r, b.x.ptr(), true) };
             }
             barrier.wait();
@@ -672,7 +672,7 @@ impl Llama {
             let acts = layer.w_gate.quantize_acts(&h, n);
             let acts_up = layer.w_up.reuse_acts(&acts, &h, n);
             {
-                let mine = split_pairs(c.n_ff, tid, nth);
+                let mine = split(c.n_ff, tid, nth);
                 unsafe {
                     layer
                         .w_gate
@@ -696,7 +696,7 @@ impl Llama {
             barrier.wait();
             let acts = layer.w_down.quantize_acts(unsafe { b.g.read() }, n);
             {
-                let r = split_pairs(d, tid, nth);
+                let r = split(d, tid, nth);
                 unsafe { layer.w_down.matmul_rows(&acts, n, r, b.x.ptr(), true) };
             }
             barrier.wait();
@@ -708,7 +708,7 @@ impl Llama {
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let acts = head.quantize_acts(&hn, s.rows);
         {
-            let r = split_pairs(c.n_vocab, tid, nth);
+            let r = split(c.n_vocab, tid, nth);
             unsafe { head.matmul_rows(&acts, s.rows, r, b.logits.ptr(), false) };
         }
     }
@@ -761,10 +761,12 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// The part of `0..len` (even) that thread `tid` of `nth` handles, in whole pairs.
+/// The part of `0..len` that thread `tid` of `nth` handles, in whole pairs (an odd last row
+/// goes to the last thread).
 fn split_pairs(len: usize, tid: usize, nth: usize) -> std::ops::Range<usize> {
     let r = split(len / 2, tid, nth);
-    2 * r.start..2 * r.end
+    let end = if tid + 1 == nth { len } else { 2 * r.end };
+    2 * r.start..end
 }
 
 /// Rotates adjacent pairs (x[2i], x[2i+1]) by the position's angle (GGUF llama layout), for
@@ -901,5 +903,26 @@ mod ggml {
                 .zip(&b[tail..])
                 .map(|(x, y)| x * y)
                 .sum::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    /// Every row is computed by exactly one thread, an odd last one too (a vocabulary of odd
+    /// size lost its last logit once).
+    #[test]
+    fn split_pairs_covers_every_row_even_an_odd_last_one() {
+        for len in [1usize, 7, 32, 49_153] {
+            for nth in 1..4 {
+                let mut next = 0;
+                for tid in 0..nth {
+                    let r = super::split_pairs(len, tid, nth);
+                    assert_eq!(r.start, next, "{len} rows, thread {tid} of {nth}");
+                    assert_eq!(r.start % 2, 0);
+                    next = r.end;
+                }
+                assert_eq!(next, len, "{len} rows over {nth} threads");
+            }
+        }
     }
 }

@@ -728,14 +728,23 @@ mod tests {
             }
         }
         let w = QMatrix::new(wtype, rows, cols, data).unwrap();
-        let x: Vec<f32> = (0..2 * cols)
+        for n in [1, 2, 3, 5, 9] {
+            check_rows(&w, n);
+        }
+    }
+
+    /// `w` against `n` activation rows (one row: the decode kernel; several: the prompt
+    /// kernels, two weight rows and up to 8 activation rows at a time).
+    fn check_rows(w: &QMatrix, n: usize) {
+        let (rows, cols, wtype) = (w.rows, w.cols, w.wtype);
+        let x: Vec<f32> = (0..n * cols)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let acts = w.quantize_acts(&x, 2);
-        let mut out = vec![0.0; 2 * rows];
-        w.matmul(&acts, 2, &mut out);
+        let acts = w.quantize_acts(&x, n);
+        let mut out = vec![0.0; n * rows];
+        w.matmul(&acts, n, &mut out);
         let mut wr = vec![0.0; cols];
-        for t in 0..2 {
+        for t in 0..n {
             // The activations as the kernel sees them: d * q per block.
             let xq: Vec<f32> = (0..cols)
                 .map(|j| acts.d[t * cols / QK + j / QK] * acts.qs[t * cols + j] as f32)
