@@ -388,11 +388,11 @@ struct LayerNormTrain {
     eps: f32,
 }
 
-/// (offsets, width) of a contiguous last-dimension layout.
-fn rows_of(l: &Layout, what: &str) -> Result<(usize, usize, usize)> {
+/// The f32 values of a contiguous, non-empty tensor and the size of its last dimension.
+fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
     let h = l.dims().last().copied().unwrap_or(0);
     match l.contiguous_offsets() {
-        Some((a, b)) if h > 0 => Ok((a, b, h)),
+        Some((a, b)) if h > 0 => Ok((&s.as_slice::<f32>()?[a..b], h)),
         _ => candle_core::bail!("{what}: input must be contiguous and non-empty"),
     }
 }
@@ -441,12 +441,9 @@ impl candle_core::CustomOp3 for LayerNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b, h) = rows_of(l1, "layer norm")?;
-        let (wa, wb, _) = rows_of(l2, "layer norm weight")?;
-        let (ba, bb, _) = rows_of(l3, "layer norm bias")?;
-        let x = &s1.as_slice::<f32>()?[a..b];
-        let w = &s2.as_slice::<f32>()?[wa..wb];
-        let bias = &s3.as_slice::<f32>()?[ba..bb];
+        let (x, h) = rows_of(s1, l1, "layer norm")?;
+        let (w, _) = rows_of(s2, l2, "layer norm weight")?;
+        let (bias, _) = rows_of(s3, l3, "layer norm bias")?;
         if w.len() != h || bias.len() != h {
             candle_core::bail!("layer norm over {h} values with {} weights", w.len());
         }
@@ -499,12 +496,9 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b, h) = rows_of(l1, "layer norm grad")?;
-        let (wa, wb, _) = rows_of(l2, "layer norm grad weight")?;
-        let (ga, gb, _) = rows_of(l3, "layer norm grad output")?;
-        let x = &s1.as_slice::<f32>()?[a..b];
-        let w = &s2.as_slice::<f32>()?[wa..wb];
-        let g = &s3.as_slice::<f32>()?[ga..gb];
+        let (x, h) = rows_of(s1, l1, "layer norm grad")?;
+        let (w, _) = rows_of(s2, l2, "layer norm grad weight")?;
+        let (g, _) = rows_of(s3, l3, "layer norm grad output")?;
         let m = x.len() / h;
         let mut out = vec![0f32; (m + 2) * h];
         let (dx, rest) = out.split_at_mut(m * h);
@@ -564,10 +558,8 @@ impl candle_core::CustomOp2 for AddBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b, n) = rows_of(l1, "add bias")?;
-        let (ba, bb, _) = rows_of(l2, "add bias: bias")?;
-        let x = &s1.as_slice::<f32>()?[a..b];
-        let bias = &s2.as_slice::<f32>()?[ba..bb];
+        let (x, n) = rows_of(s1, l1, "add bias")?;
+        let (bias, _) = rows_of(s2, l2, "add bias: bias")?;
         if bias.len() != n {
             candle_core::bail!("add bias: {} values for rows of {n}", bias.len());
         }
@@ -603,8 +595,7 @@ impl CustomOp1 for ColumnSum {
         "frugal-column-sum"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b, n) = rows_of(l, "column sum")?;
-        let x = &s.as_slice::<f32>()?[a..b];
+        let (x, n) = rows_of(s, l, "column sum")?;
         let partial: Vec<Vec<f32>> = x
             .par_chunks(64 * n)
             .map(|xs| {
