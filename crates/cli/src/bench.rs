@@ -257,11 +257,7 @@ impl frugal_train::trainer::Task for BenchTask {
 }
 
 fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
-    use frugal_models::resolve::{resolve_model, ModelPath};
-    let base = match resolve_model(&a.base, &crate::io::store(ctx.quiet))? {
-        ModelPath::HfDir(d) => d,
-        ModelPath::Gguf(p) => anyhow::bail!("--base {}: train needs an encoder", p.display()),
-    };
+    let base = crate::io::encoder_base(&a.base, ctx.quiet)?;
     let dir = crate::io::store(ctx.quiet).ensure("spamassassin")?;
     let split = frugal_train::data::anchor_split(
         frugal_train::data::spamassassin(&dir)?

@@ -119,16 +119,15 @@ fn row(name: &str, unit: &str, ours: f64, ours_rss: f64, anchor: Option<(f64, f6
 pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
     let st = store(ctx.quiet);
     let data = st.ensure("spamassassin")?;
-    let minilm = st.ensure("minilm")?;
-    let smollm = st.ensure("smollm2")?;
-    let gguf = if smollm.is_file() {
-        smollm.clone()
-    } else {
-        std::fs::read_dir(&smollm)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "gguf"))
-            .context("the smollm2 asset has no .gguf file")?
+    let minilm = crate::io::encoder_base("minilm", ctx.quiet)?;
+    let gguf = match frugal_models::resolve::resolve_model("smollm2", &st)? {
+        frugal_models::resolve::ModelPath::Gguf(p) => p,
+        frugal_models::resolve::ModelPath::HfDir(d) => {
+            bail!(
+                "the smollm2 asset is a folder ({}), not a GGUF",
+                d.display()
+            )
+        }
     };
     let work = tempfile::tempdir()?;
     let input = work.path().join("bodies512.txt");

@@ -115,6 +115,23 @@ impl Drop for Kill {
     }
 }
 
+/// `frugal fed up ARGS` on IID partitions of `train`, writing to `out`, its output piped (read
+/// after it ends); stopped if the test fails.
+fn start_up(args: &[&str], train: &Path, out: &Path) -> Kill {
+    let child = frugal()
+        .args(["fed", "up"])
+        .args(args)
+        .args(["--partition", "iid", "--json", "--data"])
+        .arg(train)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    Kill(Some(child))
+}
+
 /// The port and CA of a running `fed up` (from the Flower config it wrote).
 fn superlink_of(out: &Path) -> Option<(String, PathBuf)> {
     let cfg = std::fs::read_to_string(out.join("flwr/config.toml")).ok()?;
@@ -130,31 +147,11 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 9);
     let out = dir.path().join("up");
-    let up = frugal()
-        .args([
-            "fed",
-            "up",
-            "--nodes",
-            "3",
-            "--min-nodes",
-            "2",
-            "--rounds",
-            "5",
-        ])
-        .args([
-            "--partition",
-            "iid",
-            "--data",
-            train.to_str().unwrap(),
-            "--json",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut up = Kill(Some(up));
+    let mut up = start_up(
+        &["--nodes", "3", "--min-nodes", "2", "--rounds", "5"],
+        &train,
+        &out,
+    );
     // Once node 0 has trained a round, kill it (no goodbye) ...
     let t0 = Instant::now();
     let log0 = out.join("logs/node0.log");
@@ -531,32 +528,19 @@ fn a_node_whose_connection_drops_mid_run_comes_back_and_keeps_training() {
     let out = dir.path().join("up");
     // Two nodes from `fed up`; the run waits for a third, which reaches the SuperLink through a
     // proxy that will cut it off for a few seconds.
-    let up = frugal()
-        .args([
-            "fed",
-            "up",
+    let mut up = start_up(
+        &[
             "--nodes",
             "2",
             "--min-nodes",
             "2",
             "--rounds",
             "4",
-        ])
-        .args([
-            "--partition",
-            "iid",
             "--insecure",
-            "--data",
-            train.to_str().unwrap(),
-            "--json",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut up = Kill(Some(up));
+        ],
+        &train,
+        &out,
+    );
     let t0 = Instant::now();
     let addr = loop {
         if let Some((a, _)) = superlink_of(&out) {

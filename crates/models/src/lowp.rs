@@ -82,19 +82,22 @@ impl std::str::FromStr for Precision {
 /// Instruction sets named in `FRUGAL_DISABLE_CPU_FEATURES` (comma-separated, e.g.
 /// `avx512bf16,avx512vnni`) are treated as absent: how the fallback is tested on a CPU that has
 /// them.
-fn disabled(feature: &str) -> bool {
+pub(crate) fn feature_disabled(feature: &str) -> bool {
     std::env::var("FRUGAL_DISABLE_CPU_FEATURES")
         .map(|v| v.split(',').any(|f| f.trim().eq_ignore_ascii_case(feature)))
         .unwrap_or(false)
 }
 
-/// Whether the bf16 kernel can run here.
+/// Whether the bf16 kernel can run here (checked once: every product asks).
 pub fn has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-            && !disabled("avx512bf16")
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+                && !feature_disabled("avx512bf16")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -102,13 +105,16 @@ pub fn has_bf16() -> bool {
     }
 }
 
-/// Whether the int8 kernel can run here.
+/// Whether the int8 kernel can run here (checked once).
 pub fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && !disabled("avx512vnni")
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && !feature_disabled("avx512vnni")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -124,6 +130,17 @@ const MR: usize = 8;
 const MC: usize = 128;
 /// Inputs per int8 activation scale.
 const GROUP: usize = 64;
+
+/// The symmetric int8 scale of a group of values: max |x| / 127 (1 for an all-zero group).
+#[inline]
+fn int8_scale(xs: &[f32]) -> f32 {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 {
+        amax / 127.0
+    } else {
+        1.0
+    }
+}
 
 /// f32 → bf16 bits, rounding to nearest even (as `vcvtneps2bf16`).
 #[inline]
@@ -211,8 +228,7 @@ impl PackedLinear {
                     let row = &weight[c * k..(c + 1) * k];
                     for (g, ws) in row.chunks(GROUP).enumerate() {
                         let at = ((c / NR) * ng + g) * NR + c % NR;
-                        let amax = ws.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                        let s = int8_scale(ws);
                         scale[at] = s;
                         for (j, v) in ws.iter().enumerate() {
                             let r = (v / s).round().clamp(-127.0, 127.0) as i8;
@@ -307,8 +323,7 @@ impl PackedLinear {
                 let mut ascale = vec![1f32; mp * ng];
                 for (r, row) in x.chunks_exact(k).enumerate() {
                     for (g, xs) in row.chunks(GROUP).enumerate() {
-                        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                        let s = int8_scale(xs);
                         ascale[r * ng + g] = s;
                         let inv = 1.0 / s;
                         let d = &mut a[r * kp + g * GROUP..r * kp + g * GROUP + xs.len()];
@@ -353,17 +368,12 @@ impl PackedLinear {
             }
             if self.gelu {
                 for v in t.iter_mut() {
-                    *v = gelu(*v);
+                    *v = crate::encoder::ops::gelu(*v);
                 }
             }
             out[(r0 + r) * n + c0..(r0 + r) * n + c0 + cols].copy_from_slice(&t[..cols]);
         }
     }
-}
-
-#[inline(always)]
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + crate::encoder::ops::fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// 8 rows of `a` (each `kp` bf16) × two panels of `b` → `tile` (8 × 32 f32, row-major).

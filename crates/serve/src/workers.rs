@@ -144,8 +144,7 @@ fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batc
             Ok(l) => l,
             Err(e) => {
                 for a in active.drain(..) {
-                    let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-                    caches.checkin(a.cache);
+                    fail(&mut caches, &a.events, a.cache, &e);
                 }
                 continue;
             }
@@ -165,10 +164,7 @@ fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batc
                     still.push(a);
                 }
                 Ok(None) => done(m, &mut caches, a),
-                Err(e) => {
-                    let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-                    caches.checkin(a.cache);
-                }
+                Err(e) => fail(&mut caches, &a.events, a.cache, &e),
             }
         }
         active = still;
@@ -191,11 +187,7 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
     let mut cache = caches.checkout(m, &job.prompt_ids);
     let (mut decoding, logits) = match m.start(&job.prompt_ids, &job.opts, &mut cache) {
         Ok(x) => x,
-        Err(e) => {
-            let _ = job.events.send(ChatEvent::Done(Err(e.to_string())));
-            caches.checkin(cache);
-            return;
-        }
+        Err(e) => return fail(caches, &job.events, cache, &e),
     };
     let mut timed_out = false;
     let (events, deadline) = (job.events.clone(), job.deadline);
@@ -216,11 +208,19 @@ fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job
     match r {
         Ok(Some(next)) => active.push(Active { next, ..a }),
         Ok(None) => done(m, caches, a),
-        Err(e) => {
-            let _ = a.events.send(ChatEvent::Done(Err(e.to_string())));
-            caches.checkin(a.cache);
-        }
+        Err(e) => fail(caches, &a.events, a.cache, &e),
     }
+}
+
+/// Ends a generation that failed: the error to the client, its cache back to the pool.
+fn fail(
+    caches: &mut PrefixCaches,
+    events: &mpsc::UnboundedSender<ChatEvent>,
+    cache: frugal_models::chat::KvCache,
+    e: &frugal_models::Error,
+) {
+    let _ = events.send(ChatEvent::Done(Err(e.to_string())));
+    caches.checkin(cache);
 }
 
 /// Ends a finished generation: the rest of its text and its result to the client, its cache

@@ -379,12 +379,14 @@ mod avx512 {
         *HAS.get_or_init(|| {
             is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("f16c")
                 && is_x86_feature_detected!("fma")
-                && !std::env::var("FRUGAL_DISABLE_CPU_FEATURES")
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("avx512"))
+                && !["avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"]
+                    .iter()
+                    .any(|f| crate::lowp::feature_disabled(f))
         })
     }
 
@@ -394,6 +396,15 @@ mod avx512 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+
+    /// Each accumulator's two halves summed: the first weight row's results, the second's.
+    #[inline(always)]
+    unsafe fn row_sums<const T: usize>(acc: &[__m512; T]) -> ([f32; T], [f32; T]) {
+        (
+            std::array::from_fn(|j| hsum(_mm512_castps512_ps256(acc[j]))),
+            std::array::from_fn(|j| hsum(_mm512_extractf32x8_ps(acc[j], 1))),
+        )
     }
 
     /// [a × 8, b × 8].
@@ -457,11 +468,10 @@ mod avx512 {
                 summs1[j] += mw1 * srow[j];
             }
         }
-        let mut out0 = [0f32; T];
-        let mut out1 = [0f32; T];
+        let (mut out0, mut out1) = row_sums(&acc);
         for j in 0..T {
-            out0[j] = hsum(_mm512_castps512_ps256(acc[j])) + summs0[j];
-            out1[j] = hsum(_mm512_extractf32x8_ps(acc[j], 1)) + summs1[j];
+            out0[j] += summs0[j];
+            out1[j] += summs1[j];
         }
         (out0, out1)
     }
@@ -512,13 +522,7 @@ mod avx512 {
                 *acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), *acc);
             }
         }
-        let mut out0 = [0f32; T];
-        let mut out1 = [0f32; T];
-        for j in 0..T {
-            out0[j] = hsum(_mm512_castps512_ps256(acc[j]));
-            out1[j] = hsum(_mm512_extractf32x8_ps(acc[j], 1));
-        }
-        (out0, out1)
+        row_sums(&acc)
     }
 }
 

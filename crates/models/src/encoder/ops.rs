@@ -39,8 +39,9 @@ pub fn fast_erf(x: f32) -> f32 {
 const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// GELU, exact-erf form (as Hugging Face's "gelu").
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + fast_erf(x * SQRT_1_2))
 }
 
@@ -310,18 +311,16 @@ impl AddLayerNorm {
         out
     }
 
-    fn check(&self, l: &Layout) -> Result<(usize, usize, usize)> {
-        let dim = l.dims().last().copied().unwrap_or(0);
+    /// The input's values and row width, which must match the weights.
+    fn rows<'a>(&self, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+        let (x, dim) = rows_of(s, l, "layer norm")?;
         if dim != self.weight.len() {
             candle_core::bail!(
                 "layer norm over {dim} values with {} weights",
                 self.weight.len()
             );
         }
-        match l.contiguous_offsets() {
-            Some((a, b)) => Ok((a, b, dim)),
-            None => candle_core::bail!("layer norm: input must be contiguous"),
-        }
+        Ok((x, dim))
     }
 }
 
@@ -330,8 +329,8 @@ impl CustomOp1 for AddLayerNorm {
         "frugal-layer-norm"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b, dim) = self.check(l)?;
-        let out = self.run(&s.as_slice::<f32>()?[a..b], None, dim);
+        let (x, dim) = self.rows(s, l)?;
+        let out = self.run(x, None, dim);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -347,16 +346,12 @@ impl candle_core::CustomOp2 for AddLayerNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b, dim) = self.check(l1)?;
-        let (c, d, _) = self.check(l2)?;
+        let (x, dim) = self.rows(s1, l1)?;
+        let (r, _) = self.rows(s2, l2)?;
         if l1.shape() != l2.shape() {
             candle_core::bail!("layer norm: residual shape differs from the input's");
         }
-        let out = self.run(
-            &s1.as_slice::<f32>()?[a..b],
-            Some(&s2.as_slice::<f32>()?[c..d]),
-            dim,
-        );
+        let out = self.run(x, Some(r), dim);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -634,22 +629,23 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLastDim)
 }
 
+/// Largest absolute difference between two tensors (tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod train_op_tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    /// Largest absolute difference between two tensors.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn dropout_keeps_about_1_minus_p_scaled_and_backward_uses_the_same_mask() {
