@@ -44,6 +44,10 @@ pub struct TrainBench {
     warmup: u32,
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     steps: u32,
+    /// Seed of the head's initialisation and the dropout masks (the batches stay the
+    /// anchor's, so runs with several seeds show the loss curve's noise).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[arg(long)]
     json: bool,
 }
@@ -218,6 +222,7 @@ struct BenchTask {
     ids: Vec<Vec<u32>>,
     labels: Vec<u32>,
     len: usize,
+    seed: u64,
 }
 
 impl frugal_train::trainer::Task for BenchTask {
@@ -236,6 +241,12 @@ impl frugal_train::trainer::Task for BenchTask {
         }
         let ids = Tensor::from_vec(ids, (batch.len(), self.len), &dev)?;
         let mask = Tensor::from_vec(mask, (batch.len(), self.len), &dev)?;
+        let model = &self.clf.encoder.model;
+        model.reseed_dropout(
+            self.seed
+                .wrapping_mul(0x1_0000)
+                .wrapping_add(batch[0] as u64),
+        );
         let pooled = self
             .clf
             .encoder
@@ -254,43 +265,44 @@ impl frugal_train::trainer::Task for BenchTask {
     fn on_best(&mut self, _: usize, _: Option<f64>) -> frugal_train::Result<()> {
         Ok(())
     }
+    fn keep_order(&self) -> bool {
+        true
+    }
 }
 
 fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
     let base = crate::io::encoder_base(&a.base, ctx.quiet)?;
     let dir = crate::io::store(ctx.quiet).ensure("spamassassin")?;
-    let split = frugal_train::data::anchor_split(
-        frugal_train::data::spamassassin(&dir)?
-            .into_iter()
-            .map(|c| c.2)
-            .collect(),
-    );
     let n = (a.batch * (a.warmup + a.steps)) as usize;
-    // As the anchor: the whole training side shuffled with a fixed seed (a third spam), so the
-    // loss curves compare; the first messages in corpus order are all ham.
-    let mut data: Vec<_> = split.train.into_iter().chain(split.valid).collect();
-    {
-        use rand::seq::SliceRandom;
-        use rand::SeedableRng;
-        data.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0));
-    }
+    // The anchor's batches exactly: its training side (all but every 5th message in sorted
+    // order), its texts (bodies without headers), shuffled as Python's random.Random(0) does.
+    let mut data: Vec<(String, u32)> = frugal_train::data::spamassassin_raw(&dir)?
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 != 4)
+        .map(|(_, (_, _, spam, raw))| (frugal_train::data::anchor_body(&raw), u32::from(spam)))
+        .collect();
+    frugal_train::data::python_shuffle(&mut data, 0);
     data.truncate(n);
-    let mut clf =
-        frugal_train::classifier::Classifier::new(&base, vec!["ham".into(), "spam".into()], 0)?;
+    let mut clf = frugal_train::classifier::Classifier::new(
+        &base,
+        vec!["ham".into(), "spam".into()],
+        a.seed,
+    )?;
     clf.encoder
         .set_max_len(a.max_len as usize)
         .map_err(|e| anyhow::anyhow!("--max-len: {e}"))?;
     // The anchor's model: mean pooling into the head, without sentence-transformers'
     // normalisation (unit vectors give a 2e-5 learning rate a much flatter loss curve).
     clf.encoder.normalize = false;
-    let texts: Vec<&str> = data.iter().map(|e| e.text.as_str()).collect();
+    let texts: Vec<&str> = data.iter().map(|e| e.0.as_str()).collect();
     let ids = clf
         .encoder
         .tokenize(&texts)?
         .into_iter()
         .map(|t| t.ids)
         .collect();
-    let labels = data.iter().map(|e| u32::from(e.label == "spam")).collect();
+    let labels = data.iter().map(|e| e.1).collect();
     clf.encoder.model.train = true;
     let vars = clf.trained_vars(frugal_train::classifier::Mode::Full);
     let mut task = BenchTask {
@@ -298,6 +310,7 @@ fn train(a: TrainBench, ctx: &Ctx) -> Result<()> {
         ids,
         labels,
         len: a.max_len as usize,
+        seed: a.seed,
     };
     let config = frugal_train::trainer::TrainConfig {
         epochs: 1,

@@ -27,6 +27,11 @@ pub struct AllBench {
     /// Timed fine-tuning steps (batch 16 × 128, as the PyTorch anchor).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     train_steps: u32,
+    /// Seeds (head initialisation and dropout) of the fine-tuning runs on each side, for the
+    /// loss-curve comparison; the batches are the anchor's in every run. Extra seeds run only
+    /// with --anchors.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    loss_seeds: u32,
     #[arg(long)]
     json: bool,
 }
@@ -38,11 +43,7 @@ fn anchor_bodies(dir: &Path) -> Result<Vec<String>> {
     Ok(raw
         .into_iter()
         .take(512)
-        .map(|(_, _, _, text)| {
-            let text = text.replace("\r\n", "\n");
-            let body = text.split_once("\n\n").map(|(_, b)| b).unwrap_or("");
-            body.split_whitespace().collect::<Vec<_>>().join(" ")
-        })
+        .map(|(_, _, _, text)| frugal_train::data::anchor_body(&text))
         .collect())
 }
 
@@ -66,14 +67,26 @@ fn frugal_json(ctx: &Ctx, precision: Precision, args: &[&str]) -> Result<Value> 
 
 /// Runs one anchor script (copied beside its `common.py` into `work`) under `python`, wrapped
 /// to record its peak memory; its JSON line with `peak_rss_mb` added.
-fn anchor_json(python: &str, work: &Path, script: &str, env: &[(&str, PathBuf)]) -> Result<Value> {
+/// With `torch_seed`, `torch.manual_seed` gets that seed whatever the script passes (the
+/// fine-tuning anchor's head initialisation and dropout; its data order is Python's own
+/// `random.Random(0)`, untouched).
+fn anchor_json(
+    python: &str,
+    work: &Path,
+    script: &str,
+    env: &[(&str, PathBuf)],
+    torch_seed: Option<u64>,
+) -> Result<Value> {
     const WRAP: &str = "import json,resource,runpy,sys\n\
-        s=sys.argv[1]; sys.argv=[s]\n\
+        s=sys.argv[1]; seed=sys.argv[2]; sys.argv=[s]\n\
+        if seed:\n    import torch\n    _seed=torch.manual_seed\n    \
+        torch.manual_seed=lambda _: _seed(int(seed))\n\
         try:\n    runpy.run_path(s, run_name='__main__')\n\
         except SystemExit:\n    pass\n\
         print(json.dumps({'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1)}))";
     let mut cmd = Command::new(python);
-    cmd.args(["-c", WRAP, script]).current_dir(work);
+    let seed = torch_seed.map(|s| s.to_string()).unwrap_or_default();
+    cmd.args(["-c", WRAP, script, &seed]).current_dir(work);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -166,17 +179,21 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         ("ANCHOR_SMOLLM_GGUF", gguf.clone()),
         ("ANCHOR_DATA_DIR", data.clone()),
     ];
-    let anchor = |script: &str| -> Result<Option<Value>> {
+    let anchor_seeded = |script: &str, seed: Option<u64>| -> Result<Option<Value>> {
         match anchors {
             Some(()) => {
                 if !ctx.quiet {
-                    eprintln!("frugal: anchor {script} …");
+                    let with = seed
+                        .map(|s| format!(" (torch seed {s})"))
+                        .unwrap_or_default();
+                    eprintln!("frugal: anchor {script}{with} …");
                 }
-                anchor_json(&python, work.path(), script, &env).map(Some)
+                anchor_json(&python, work.path(), script, &env, seed).map(Some)
             }
             None => Ok(None),
         }
     };
+    let anchor = |script: &str| anchor_seeded(script, None);
     let say = |what: &str| {
         if !ctx.quiet {
             eprintln!("frugal: {what} …");
@@ -256,6 +273,34 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         ft.as_ref()
             .map(|f| (num(f, "examples_per_s"), num(f, "peak_rss_mb"))),
     ));
+    // The loss curves, over seeds: the same batches on both sides, so what differs between
+    // runs of one side is the head's initialisation and the dropout masks.
+    let mut loss_curve = Value::Null;
+    if let Some(f) = &ft {
+        let mut ours = vec![losses(&t, "losses")];
+        let mut theirs = vec![losses(f, "losses_all")];
+        for seed in 1..u64::from(a.loss_seeds) {
+            say(&format!("train (seed {seed})"));
+            let v = frugal_json(
+                ctx,
+                Precision::F32,
+                &[
+                    "bench",
+                    "train",
+                    "--steps",
+                    &a.train_steps.to_string(),
+                    "--seed",
+                    &seed.to_string(),
+                    "--json",
+                ],
+            )?;
+            ours.push(losses(&v, "losses"));
+            if let Some(v) = anchor_seeded("finetune_torch.py", Some(seed))? {
+                theirs.push(losses(&v, "losses_all"));
+            }
+        }
+        loss_curve = compare_curves(&ours, &theirs);
+    }
     raw.insert("train".into(), t);
     if let Some(f) = ft {
         raw.insert("anchor_finetune_torch".into(), f);
@@ -265,6 +310,7 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         "threads": ctx.threads,
         "cpu": cpu_name(),
         "rows": rows,
+        "loss_curve": loss_curve,
         "runs": raw,
     });
     if a.json {
@@ -295,6 +341,31 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         ]);
     }
     println!("{t}");
+    if let Some(c) = loss_curve.as_object() {
+        let list = |k: &str| -> Vec<f64> {
+            c[k].as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default()
+        };
+        let mut lt = crate::io::table(["step", "frugal loss (± sd)", "anchor loss (± sd)", "z"]);
+        let (fm, fs, am, asd, z) = (
+            list("frugal_mean"),
+            list("frugal_sd"),
+            list("anchor_mean"),
+            list("anchor_sd"),
+            list("z"),
+        );
+        for i in 0..fm.len().min(am.len()) {
+            lt.add_row([
+                format!("{}", i + 1),
+                format!("{:.3} ± {:.3}", fm[i], fs[i]),
+                format!("{:.3} ± {:.3}", am[i], asd[i]),
+                format!("{:+.1}", z[i]),
+            ]);
+        }
+        println!("{lt}");
+        println!("{}", c["verdict"].as_str().unwrap_or(""));
+    }
     println!(
         "{} threads on {}; anchors {}",
         ctx.threads,
@@ -308,6 +379,95 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A run's per-step losses.
+fn losses(v: &Value, key: &str) -> Vec<f64> {
+    v[key]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default()
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_sd(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let m = x.iter().sum::<f64>() / n;
+    let var = if x.len() > 1 {
+        x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Compares two sets of loss curves (one per seed) step by step: the means, their spreads,
+/// and z = (mean difference) / (its standard error). "Within noise" means at most a tenth of
+/// the steps beyond |z| = 2 (a twentieth is expected by chance) and the average difference
+/// over all steps within two of its standard errors.
+fn compare_curves(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> Value {
+    let steps = ours
+        .iter()
+        .chain(theirs)
+        .map(|c| c.len())
+        .min()
+        .unwrap_or(0);
+    let r = |x: f64| (x * 1e4).round() / 1e4;
+    let (mut fm, mut fsd, mut am, mut asd, mut z) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut diff_sum, mut se2_sum) = (0.0, 0.0);
+    for i in 0..steps {
+        let (m1, s1) = mean_sd(&ours.iter().map(|c| c[i]).collect::<Vec<_>>());
+        let (m2, s2) = mean_sd(&theirs.iter().map(|c| c[i]).collect::<Vec<_>>());
+        let se2 = s1 * s1 / ours.len() as f64 + s2 * s2 / theirs.len() as f64;
+        diff_sum += m1 - m2;
+        se2_sum += se2;
+        z.push(r(if se2 > 0.0 {
+            (m1 - m2) / se2.sqrt()
+        } else {
+            0.0
+        }));
+        fm.push(r(m1));
+        fsd.push(r(s1));
+        am.push(r(m2));
+        asd.push(r(s2));
+    }
+    let n = steps.max(1) as f64;
+    let mean_diff = diff_sum / n;
+    let mean_diff_se = se2_sum.sqrt() / n;
+    let beyond = z.iter().filter(|v| v.abs() > 2.0).count();
+    let enough = ours.len() > 1 && theirs.len() > 1;
+    let within = enough && beyond as f64 <= 0.1 * n && mean_diff.abs() <= 2.0 * mean_diff_se;
+    let verdict = if !enough {
+        "loss curves: one seed a side, no spread to compare against (--loss-seeds 3 or more)"
+            .to_string()
+    } else {
+        format!(
+            "loss curves ({} seeds frugal, {} anchor, same batches): mean difference {:+.4}              (standard error {:.4}), {beyond} of {steps} steps beyond |z| = 2: {}",
+            ours.len(),
+            theirs.len(),
+            mean_diff,
+            mean_diff_se,
+            if within {
+                "the same curve within noise"
+            } else {
+                "NOT the same curve within noise"
+            }
+        )
+    };
+    json!({
+        "seeds_frugal": ours.len(),
+        "seeds_anchor": theirs.len(),
+        "frugal_mean": fm,
+        "frugal_sd": fsd,
+        "anchor_mean": am,
+        "anchor_sd": asd,
+        "z": z,
+        "mean_difference": r(mean_diff),
+        "mean_difference_se": r(mean_diff_se),
+        "steps_beyond_2_sd": beyond,
+        "within_noise": within,
+        "verdict": verdict,
+    })
+}
+
 /// The CPU's model name (Linux), for the report.
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -319,4 +479,35 @@ fn cpu_name() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare_curves;
+
+    /// Curves around `base` with seed-to-seed noise of about `noise`.
+    fn curves(base: &[f64], seeds: usize, noise: f64, shift: f64) -> Vec<Vec<f64>> {
+        (0..seeds)
+            .map(|s| {
+                base.iter()
+                    .enumerate()
+                    .map(|(i, b)| b + shift + noise * (((s * 7 + i * 13) % 11) as f64 - 5.0) / 5.0)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loss_curves_within_noise_and_not() {
+        let base: Vec<f64> = (0..22).map(|i| 0.69 - 0.01 * i as f64).collect();
+        let same = compare_curves(&curves(&base, 4, 0.02, 0.0), &curves(&base, 4, 0.02, 0.0));
+        assert_eq!(same["within_noise"], true, "{same}");
+        // Falling more slowly by far more than the noise.
+        let slow = compare_curves(&curves(&base, 4, 0.02, 0.05), &curves(&base, 4, 0.02, 0.0));
+        assert_eq!(slow["within_noise"], false, "{slow}");
+        assert!(slow["mean_difference"].as_f64().unwrap() > 0.04);
+        // One seed a side has no spread: never called equal.
+        let one = compare_curves(&curves(&base, 1, 0.0, 0.0), &curves(&base, 1, 0.0, 0.0));
+        assert_eq!(one["within_noise"], false);
+    }
 }

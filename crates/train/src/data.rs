@@ -389,6 +389,33 @@ pub fn stats(examples: &[Example]) -> Stats {
     }
 }
 
+/// The anchors' text of a raw email: everything after the first blank line (the headers
+/// dropped), whitespace runs collapsed to one space.
+pub fn anchor_body(raw: &str) -> String {
+    let raw = raw.replace("\r\n", "\n");
+    let body = raw.find("\n\n").map_or("", |i| &raw[i + 2..]);
+    body.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Shuffles `items` exactly as Python's `random.Random(seed).shuffle` does (Mersenne Twister
+/// seeded by `init_by_array`, Fisher-Yates from the end, `_randbelow` by rejection), so a
+/// benchmark can replay the batches a Python anchor trained on.
+pub fn python_shuffle<T>(items: &mut [T], seed: u32) {
+    let mut mt = rand_mt::Mt::new_with_key([seed]);
+    for i in (1..items.len()).rev() {
+        let n = i as u64 + 1;
+        let k = 64 - n.leading_zeros();
+        // (`n` ≤ 2^32: getrandbits(k) is the top k bits of one 32-bit draw.)
+        let j = loop {
+            let r = u64::from(mt.next_u32() >> (32 - k));
+            if r < n {
+                break r as usize;
+            }
+        };
+        items.swap(i, j);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +513,20 @@ mod tests {
         let s = stats(&[ex("a b c", "x"), ex("a", "y"), ex("a b", "x")]);
         assert_eq!(s.labels["x"], 2);
         assert_eq!(s.words, [2, 3, 3, 3]);
+    }
+
+    #[test]
+    fn python_shuffle_matches_python() {
+        // python3 -c "import random; v=list(range(20)); random.Random(0).shuffle(v); print(v)"
+        let mut v: Vec<usize> = (0..20).collect();
+        python_shuffle(&mut v, 0);
+        assert_eq!(
+            v,
+            [10, 18, 16, 14, 0, 17, 11, 2, 3, 9, 5, 7, 4, 19, 6, 15, 8, 1, 13, 12]
+        );
+        let mut v: Vec<usize> = (0..1000).collect();
+        python_shuffle(&mut v, 0);
+        assert_eq!(v[..5], [439, 621, 160, 549, 237]);
+        assert_eq!(v[995..], [430, 911, 776, 394, 864]);
     }
 }

@@ -100,6 +100,11 @@ pub trait Task {
     fn validate(&mut self) -> Result<Option<f64>>;
     /// Called when the validation score improved (or after each epoch without validation).
     fn on_best(&mut self, epoch: usize, score: Option<f64>) -> Result<()>;
+    /// Whether the examples are already in the order to train on (a benchmark replaying another
+    /// tool's batches): then `fit` does not shuffle them.
+    fn keep_order(&self) -> bool {
+        false
+    }
 }
 
 /// Progress of a run, for bars and logs.
@@ -363,6 +368,9 @@ pub fn fit(
         // Every epoch's order is drawn, also those a resumed run skips, so the orders match.
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
+        if task.keep_order() {
+            order.sort_unstable();
+        }
         if epoch < first_epoch || done {
             continue;
         }

@@ -1,9 +1,9 @@
 //! Reduced-precision encoder inference (`--precision bf16|int8`) on the real MiniLM and the
-//! real SpamAssassin corpus: the accuracy guard. In bf16 every test embedding stays
-//! within 1e-2 of f32 (cosine ≥ 0.999); int8 (dynamic, groups of 64) comes close but not quite
-//! (worst of 1,209 texts: cosine 0.9989, 0.0094 apart), so it is held to 0.998 and 1.5e-2.
-//! With both, a transfer-learning head trained on f32 embeddings scores within 0.5 accuracy
-//! points of its f32 score on the whole test split.
+//! real SpamAssassin corpus: the accuracy guard. In bf16 and in int8 every test
+//! embedding stays within 1e-2 of f32 (cosine ≥ 0.999), and a transfer-learning head trained on
+//! f32 embeddings scores within 0.5 accuracy points of its f32 score on the whole test split.
+//! (int8 keeps the Q/K/V projection in bf16 where the CPU has it: in int8 it alone took the
+//! worst text to cosine 0.9989; on a CPU with VNNI but no BF16 int8 is held to 0.998.)
 
 use frugal_models::assets::Store;
 use frugal_models::lowp::Precision;
@@ -62,7 +62,7 @@ fn bf16_and_int8_keep_embeddings_and_spam_accuracy() {
             want.len()
         );
         let (cos_floor, abs_ceiling) = match p {
-            Precision::Int8 => (0.998, 1.5e-2),
+            Precision::Int8 if !frugal_models::lowp::has_bf16() => (0.998, 1.5e-2),
             _ => (0.999, 1e-2),
         };
         assert!(min_cos >= cos_floor, "{p}: cosine {min_cos}");
