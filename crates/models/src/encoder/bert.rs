@@ -460,6 +460,15 @@ impl Bert {
             let packed = layer.packed.as_ref().filter(|_| !self.train);
             let (q, k, v) = if let Some(p) = packed {
                 let qkv = x.apply_op1_no_bwd(&PackedOp(&p.qkv))?;
+                if dh % 16 == 0 {
+                    // Attention fused, straight from the product's rows.
+                    let ctx = super::ops::attention(&qkv, b, len, nh, padded.then_some(mask))?;
+                    x = self.rest_of_layer(layer, p, &ctx, &x)?;
+                    if all {
+                        outs.push(x.reshape((b, len, h))?);
+                    }
+                    continue;
+                }
                 (
                     heads(qkv.narrow(1, 0, h)?)?,
                     heads(qkv.narrow(1, h, h)?)?,
@@ -482,11 +491,7 @@ impl Bert {
             let probs = self.drop(probs, self.attention_dropout)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
             if let Some(p) = packed {
-                let a = ctx.apply_op1_no_bwd(&PackedOp(&p.attn_out))?;
-                x = layer.attn_norm.forward_add(&a, &x, false)?;
-                let i = x.apply_op1_no_bwd(&PackedOp(&p.inter))?;
-                let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
-                x = layer.out_norm.forward_add(&o, &x, false)?;
+                x = self.rest_of_layer(layer, p, &ctx, &x)?;
             } else {
                 let a = self.drop(
                     linear(&layer.attn_out, &ctx, self.train)?,
@@ -505,6 +510,24 @@ impl Bert {
             outs.push(x.reshape((b, len, h))?);
         }
         Ok(outs)
+    }
+}
+
+impl Bert {
+    /// A packed layer after attention: output projection, residual and LayerNorm, feed-forward,
+    /// residual and LayerNorm.
+    fn rest_of_layer(
+        &self,
+        layer: &Layer,
+        p: &PackedLayer,
+        ctx: &Tensor,
+        x: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let a = ctx.apply_op1_no_bwd(&PackedOp(&p.attn_out))?;
+        let x = layer.attn_norm.forward_add(&a, x, false)?;
+        let i = x.apply_op1_no_bwd(&PackedOp(&p.inter))?;
+        let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
+        layer.out_norm.forward_add(&o, &x, false)
     }
 }
 
