@@ -646,6 +646,7 @@ impl Llama {
                     }
                 }
             }
+            layer.wo.prefetch_first(split(d, tid, nth));
             barrier.wait();
             {
                 let q = unsafe { b.q.read() };
@@ -664,6 +665,9 @@ impl Llama {
                 let r = split(d, tid, nth);
                 unsafe { layer.wo.matmul_rows(&acts, n, r, b.x.ptr(), true) };
             }
+            let mine = split(c.n_ff, tid, nth);
+            layer.w_gate.prefetch_first(mine.clone());
+            layer.w_up.prefetch_first(mine);
             barrier.wait();
 
             // Feed-forward block (SwiGLU): gate and up split the same way, so each thread can
@@ -693,11 +697,24 @@ impl Llama {
                     }
                 }
             }
+            layer.w_down.prefetch_first(split(d, tid, nth));
             barrier.wait();
             let acts = layer.w_down.quantize_acts(unsafe { b.g.read() }, n);
             {
                 let r = split(d, tid, nth);
                 unsafe { layer.w_down.matmul_rows(&acts, n, r, b.x.ptr(), true) };
+            }
+            match self.layers.get(li + 1) {
+                Some(next) => {
+                    next.wq.prefetch_first(split_pairs(d, tid, nth));
+                    next.wk.prefetch_first(split_pairs(kv_dim, tid, nth));
+                    next.wv.prefetch_first(split_pairs(kv_dim, tid, nth));
+                }
+                None => self
+                    .output
+                    .as_ref()
+                    .unwrap_or(&self.tok_embd)
+                    .prefetch_first(split(c.n_vocab, tid, nth)),
             }
             barrier.wait();
         }

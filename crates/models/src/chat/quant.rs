@@ -167,6 +167,19 @@ impl QMatrix {
         }
     }
 
+    /// Asks the CPU to fetch the start of rows `rows` (what the decode kernels read before their
+    /// own prefetching is under way): called before a thread waits at a barrier, so the wait
+    /// brings in the next product's first weights (+2% decode speed, about the noise).
+    pub fn prefetch_first(&self, rows: std::ops::Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let n = rows.len().min(PREFETCH / self.row_bytes.max(1) + 1);
+            self.prefetch_rows(rows.start, n);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = rows;
+    }
+
     /// Row `r`'s part of `heads`.
     fn heads_of(&self, r: usize) -> &[u16] {
         let n = self.heads.len() / self.rows.max(1);
