@@ -30,7 +30,7 @@ pub struct AllBench {
     /// Seeds (head initialisation and dropout) of the fine-tuning runs on each side, for the
     /// loss-curve comparison; the batches are the anchor's in every run. Extra seeds run only
     /// with --anchors.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     loss_seeds: u32,
     #[arg(long)]
     json: bool,
@@ -399,10 +399,11 @@ fn mean_sd(x: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Compares two sets of loss curves (one per seed) step by step: the means, their spreads,
-/// and z = (mean difference) / (its standard error). "Within noise" means at most a tenth of
-/// the steps beyond |z| = 2 (a twentieth is expected by chance) and the average difference
-/// over all steps within two of its standard errors.
+/// Compares two sets of loss curves (one per seed) on the same batches. Per step: the means,
+/// their spreads and z = (difference of means) / (its standard error), for reading. The
+/// verdict takes each run's mean loss over all steps as one observation (a seed shifts a
+/// whole curve, so steps are not independent draws) and compares the two sides' averages with
+/// Welch's t: "within noise" when |t| ≤ 2 (with at least 3 runs a side).
 fn compare_curves(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> Value {
     let steps = ours
         .iter()
@@ -412,39 +413,39 @@ fn compare_curves(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> Value {
         .unwrap_or(0);
     let r = |x: f64| (x * 1e4).round() / 1e4;
     let (mut fm, mut fsd, mut am, mut asd, mut z) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut diff_sum, mut se2_sum) = (0.0, 0.0);
     for i in 0..steps {
         let (m1, s1) = mean_sd(&ours.iter().map(|c| c[i]).collect::<Vec<_>>());
         let (m2, s2) = mean_sd(&theirs.iter().map(|c| c[i]).collect::<Vec<_>>());
-        let se2 = s1 * s1 / ours.len() as f64 + s2 * s2 / theirs.len() as f64;
-        diff_sum += m1 - m2;
-        se2_sum += se2;
-        z.push(r(if se2 > 0.0 {
-            (m1 - m2) / se2.sqrt()
-        } else {
-            0.0
-        }));
+        let se = (s1 * s1 / ours.len() as f64 + s2 * s2 / theirs.len() as f64).sqrt();
+        z.push(r(if se > 0.0 { (m1 - m2) / se } else { 0.0 }));
         fm.push(r(m1));
         fsd.push(r(s1));
         am.push(r(m2));
         asd.push(r(s2));
     }
-    let n = steps.max(1) as f64;
-    let mean_diff = diff_sum / n;
-    let mean_diff_se = se2_sum.sqrt() / n;
+    let run_means = |runs: &[Vec<f64>]| -> Vec<f64> {
+        runs.iter()
+            .map(|c| c[..steps].iter().sum::<f64>() / steps.max(1) as f64)
+            .collect()
+    };
+    let (ro, rt) = (run_means(ours), run_means(theirs));
+    let ((mo, so), (mt, st)) = (mean_sd(&ro), mean_sd(&rt));
+    let diff = mo - mt;
+    let se = (so * so / ro.len() as f64 + st * st / rt.len() as f64).sqrt();
+    let t = if se > 0.0 { diff / se } else { 0.0 };
+    let enough = ours.len() >= 3 && theirs.len() >= 3 && steps > 0;
+    let within = enough && t.abs() <= 2.0;
     let beyond = z.iter().filter(|v| v.abs() > 2.0).count();
-    let enough = ours.len() > 1 && theirs.len() > 1;
-    let within = enough && beyond as f64 <= 0.1 * n && mean_diff.abs() <= 2.0 * mean_diff_se;
     let verdict = if !enough {
-        "loss curves: one seed a side, no spread to compare against (--loss-seeds 3 or more)"
+        "loss curves: fewer than 3 runs a side, too few to tell noise (--loss-seeds 3 or more)"
             .to_string()
     } else {
         format!(
-            "loss curves ({} seeds frugal, {} anchor, same batches): mean difference {:+.4}              (standard error {:.4}), {beyond} of {steps} steps beyond |z| = 2: {}",
-            ours.len(),
-            theirs.len(),
-            mean_diff,
-            mean_diff_se,
+            "loss curves ({} runs frugal, {} anchor, same batches): mean loss over the {steps} \
+             steps {mo:.4} ± {so:.4} against {mt:.4} ± {st:.4} (run to run); difference \
+             {diff:+.4}, t = {t:+.2}: {}",
+            ro.len(),
+            rt.len(),
             if within {
                 "the same curve within noise"
             } else {
@@ -460,8 +461,10 @@ fn compare_curves(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> Value {
         "anchor_mean": am,
         "anchor_sd": asd,
         "z": z,
-        "mean_difference": r(mean_diff),
-        "mean_difference_se": r(mean_diff_se),
+        "frugal_run_means": ro.iter().map(|&x| r(x)).collect::<Vec<_>>(),
+        "anchor_run_means": rt.iter().map(|&x| r(x)).collect::<Vec<_>>(),
+        "mean_difference": r(diff),
+        "t": r(t),
         "steps_beyond_2_sd": beyond,
         "within_noise": within,
         "verdict": verdict,
@@ -506,8 +509,8 @@ mod tests {
         let slow = compare_curves(&curves(&base, 4, 0.02, 0.05), &curves(&base, 4, 0.02, 0.0));
         assert_eq!(slow["within_noise"], false, "{slow}");
         assert!(slow["mean_difference"].as_f64().unwrap() > 0.04);
-        // One seed a side has no spread: never called equal.
-        let one = compare_curves(&curves(&base, 1, 0.0, 0.0), &curves(&base, 1, 0.0, 0.0));
-        assert_eq!(one["within_noise"], false);
+        // Fewer than 3 runs a side: never called equal.
+        let two = compare_curves(&curves(&base, 2, 0.02, 0.0), &curves(&base, 2, 0.02, 0.0));
+        assert_eq!(two["within_noise"], false);
     }
 }
