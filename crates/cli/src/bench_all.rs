@@ -252,18 +252,15 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         raw.insert("anchor_generate_llamacpp".into(), l);
     }
     // Fine-tuning.
-    say("train");
-    let t = frugal_json(
-        ctx,
-        Precision::F32,
-        &[
-            "bench",
-            "train",
-            "--steps",
-            &a.train_steps.to_string(),
-            "--json",
-        ],
-    )?;
+    let train = |seed: u64| -> Result<Value> {
+        say(&format!("train (seed {seed})"));
+        let (steps, seed) = (a.train_steps.to_string(), seed.to_string());
+        let args = [
+            "bench", "train", "--steps", &steps, "--seed", &seed, "--json",
+        ];
+        frugal_json(ctx, Precision::F32, &args)
+    };
+    let t = train(0)?;
     let ft = anchor("finetune_torch.py")?;
     rows.push(row(
         "full fine-tuning, MiniLM, batch 16 × 128",
@@ -280,21 +277,7 @@ pub fn run(a: AllBench, ctx: &Ctx) -> Result<()> {
         let mut ours = vec![losses(&t, "losses")];
         let mut theirs = vec![losses(f, "losses_all")];
         for seed in 1..u64::from(a.loss_seeds) {
-            say(&format!("train (seed {seed})"));
-            let v = frugal_json(
-                ctx,
-                Precision::F32,
-                &[
-                    "bench",
-                    "train",
-                    "--steps",
-                    &a.train_steps.to_string(),
-                    "--seed",
-                    &seed.to_string(),
-                    "--json",
-                ],
-            )?;
-            ours.push(losses(&v, "losses"));
+            ours.push(losses(&train(seed)?, "losses"));
             if let Some(v) = anchor_seeded("finetune_torch.py", Some(seed))? {
                 theirs.push(losses(&v, "losses_all"));
             }

@@ -431,11 +431,7 @@ impl QMatrix {
                     self.row(r + 3),
                 ];
                 let h = [0, 1, 2, 3].map(|j| self.heads_of(r + j));
-                let v = if self.wtype == WType::Q4_1 {
-                    avx512::q4_1_rows::<4>(w, h, acts, nb)
-                } else {
-                    avx512::q8_0_rows::<4>(w, h, acts, nb)
-                };
+                let v = avx512::decode_rows::<4>(self.wtype, w, h, acts, nb);
                 for (j, v) in v.into_iter().enumerate() {
                     put(0, r + j, v);
                 }
@@ -463,7 +459,7 @@ impl QMatrix {
 /// summed apart, the 8 lanes summed at the end).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{f16_at, QActs, QK};
+    use super::{f16_at, QActs, WType, QK};
     use std::arch::x86_64::*;
 
     /// Whether this CPU runs them (checked once).
@@ -522,40 +518,50 @@ mod avx512 {
     /// Blocks whose scales the one-token kernels stage at a time (on the stack).
     const STAGE: usize = 64;
 
-    /// `R` Q4_1 weight rows against activation row 0 (a decode step). Each row keeps ggml's
-    /// arithmetic and order: integer block sums, `acc = fma(d_w·d_a, float(sum), acc)` block
-    /// after block, the offset terms `m_w·s_a` summed apart. What is new is the schedule: the
-    /// `R` rows' accumulation chains interleave (one chain alone waits on the FMA latency), the
-    /// per-block scales of 8 blocks come from one gather and one multiply, and GFNI splits a
-    /// block's nibbles in one instruction.
-    pub fn q4_1_rows<const R: usize>(
+    /// `R` Q4_1 or Q8_0 weight rows against activation row 0 (a decode step). Each row keeps
+    /// ggml's arithmetic and order (`vec_dot_q4_1_q8_1`, `vec_dot_q8_0_q8_0`): integer block
+    /// sums, `acc = fma(d_w·d_a, float(sum), acc)` block after block, Q4_1's offset terms
+    /// `m_w·s_a` summed apart. What is new is the schedule: the `R` rows' accumulation chains
+    /// interleave (one chain alone waits on the FMA latency), eight blocks' scales come from the
+    /// rows' `heads` in one load and one multiply, and GFNI splits a Q4_1 block's nibbles in one
+    /// instruction.
+    pub fn decode_rows<const R: usize>(
+        wtype: WType,
         w: [&[u8]; R],
         heads: [&[u16]; R],
         acts: &QActs,
         nb: usize,
     ) -> [f32; R] {
-        assert!(w.iter().all(|w| w.len() == nb * 20));
-        assert!(heads.iter().all(|h| h.len() == 2 * nb));
+        let (bytes, per_block) = match wtype {
+            WType::Q4_1 => (20, 2),
+            WType::Q8_0 => (34, 1),
+            _ => panic!("decode_rows: {wtype:?} has no decode kernel"),
+        };
+        assert!(w.iter().all(|w| w.len() == nb * bytes));
+        assert!(heads.iter().all(|h| h.len() == per_block * nb));
         assert!(acts.qs.len() >= nb * QK && acts.d.len() >= nb && acts.s.len() >= nb);
+        let (w, heads) = (w.map(|w| w.as_ptr()), heads.map(|h| h.as_ptr()));
+        let (d, s, qs) = (acts.d.as_ptr(), acts.s.as_ptr(), acts.qs.as_ptr());
         // SAFETY: `decode_available()` was checked by the caller; every read is within the
-        // rows and the first activation row by the asserts.
+        // rows, their heads and the first activation row by the asserts.
         unsafe {
-            q4_1_rows_impl::<R>(
-                w.map(|w| w.as_ptr()),
-                heads.map(|h| h.as_ptr()),
-                acts.d.as_ptr(),
-                acts.s.as_ptr(),
-                acts.qs.as_ptr(),
-                nb,
-            )
+            if wtype == WType::Q4_1 {
+                q4_1_rows_impl::<R>(w, heads, d, s, qs, nb)
+            } else {
+                q8_0_rows_impl::<R>(w, heads, d, qs, nb)
+            }
         }
     }
 
-    /// `len` (≤ 8) f16 values from `at`, as f32 (zeros past `len`).
+    /// `len` (≤ 8) f16 values from `h` times as many f32 from `a` (zeros past `len`): eight
+    /// blocks' weight scales times their activation scales.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,avx2")]
-    unsafe fn halfs(at: *const u16, len: usize) -> __m256 {
+    unsafe fn scaled(h: *const u16, a: *const f32, len: usize) -> __m256 {
         let k: __mmask8 = if len >= 8 { 0xff } else { (1u8 << len) - 1 };
-        _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, at as *const i16))
+        _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, h as *const i16)),
+            _mm256_maskz_loadu_ps(k, a),
+        )
     }
 
     // Block b of every row at once: indices read more plainly than zipped iterators here.
@@ -582,14 +588,12 @@ mod avx512 {
             let cn = STAGE.min(nb - c0);
             for r in 0..R {
                 for b in (0..cn).step_by(8) {
-                    let len = 8.min(cn - b);
-                    let k: __mmask8 = if len >= 8 { 0xff } else { (1u8 << len) - 1 };
-                    let dw = halfs(heads[r].add(c0 + b), len);
-                    let mw = halfs(heads[r].add(nb + c0 + b), len);
-                    let da = _mm256_maskz_loadu_ps(k, d.add(c0 + b));
-                    let sa = _mm256_maskz_loadu_ps(k, s.add(c0 + b));
-                    _mm256_storeu_ps(sc[r].as_mut_ptr().add(b), _mm256_mul_ps(dw, da));
-                    _mm256_storeu_ps(ms.as_mut_ptr().add(b), _mm256_mul_ps(mw, sa));
+                    let (h, len) = (heads[r].add(c0 + b), 8.min(cn - b));
+                    _mm256_storeu_ps(sc[r].as_mut_ptr().add(b), scaled(h, d.add(c0 + b), len));
+                    _mm256_storeu_ps(
+                        ms.as_mut_ptr().add(b),
+                        scaled(h.add(nb), s.add(c0 + b), len),
+                    );
                 }
                 for &m in &ms[..cn] {
                     summs[r] += m;
@@ -611,29 +615,6 @@ mod avx512 {
         std::array::from_fn(|r| hsum(acc[r]) + summs[r])
     }
 
-    /// `R` Q8_0 weight rows against activation row 0, as `q4_1_rows` (ggml's
-    /// `vec_dot_q8_0_q8_0` per row).
-    pub fn q8_0_rows<const R: usize>(
-        w: [&[u8]; R],
-        heads: [&[u16]; R],
-        acts: &QActs,
-        nb: usize,
-    ) -> [f32; R] {
-        assert!(w.iter().all(|w| w.len() == nb * 34));
-        assert!(heads.iter().all(|h| h.len() == nb));
-        assert!(acts.qs.len() >= nb * QK && acts.d.len() >= nb);
-        // SAFETY: as `q4_1_rows`.
-        unsafe {
-            q8_0_rows_impl::<R>(
-                w.map(|w| w.as_ptr()),
-                heads.map(|h| h.as_ptr()),
-                acts.d.as_ptr(),
-                acts.qs.as_ptr(),
-                nb,
-            )
-        }
-    }
-
     // Block b of every row at once: indices read more plainly than zipped iterators here.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")]
@@ -650,11 +631,8 @@ mod avx512 {
             let cn = STAGE.min(nb - c0);
             for r in 0..R {
                 for b in (0..cn).step_by(8) {
-                    let len = 8.min(cn - b);
-                    let k: __mmask8 = if len >= 8 { 0xff } else { (1u8 << len) - 1 };
-                    let dw = halfs(heads[r].add(c0 + b), len);
-                    let da = _mm256_maskz_loadu_ps(k, d.add(c0 + b));
-                    _mm256_storeu_ps(sc[r].as_mut_ptr().add(b), _mm256_mul_ps(dw, da));
+                    let (h, len) = (heads[r].add(c0 + b), 8.min(cn - b));
+                    _mm256_storeu_ps(sc[r].as_mut_ptr().add(b), scaled(h, d.add(c0 + b), len));
                 }
             }
             for b in 0..cn {
