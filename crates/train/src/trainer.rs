@@ -367,9 +367,8 @@ pub fn fit(
     for epoch in 0..cfg.epochs {
         // Every epoch's order is drawn, also those a resumed run skips, so the orders match.
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
-        if task.keep_order() {
-            order.sort_unstable();
+        if !task.keep_order() {
+            order.shuffle(&mut rng);
         }
         if epoch < first_epoch || done {
             continue;

@@ -34,6 +34,16 @@ impl WType {
         }
     }
 
+    /// f16 values at the head of each block that `QMatrix` also keeps apart for the decode
+    /// kernels: Q4_1's scale and minimum, Q8_0's scale; none for the others.
+    fn heads_per_block(self) -> usize {
+        match self {
+            WType::Q4_1 => 2,
+            WType::Q8_0 => 1,
+            _ => 0,
+        }
+    }
+
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
@@ -116,11 +126,7 @@ impl QMatrix {
                 row_bytes * rows
             )));
         }
-        let per_block = match wtype {
-            WType::Q4_1 => 2,
-            WType::Q8_0 => 1,
-            _ => 0,
-        };
+        let per_block = wtype.heads_per_block();
         let nb = cols / wtype.block_len();
         let mut heads = Vec::with_capacity(rows * nb * per_block);
         if per_block > 0 {
@@ -155,7 +161,7 @@ impl QMatrix {
     #[cfg(target_arch = "x86_64")]
     fn prefetch_rows(&self, r: usize, n: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let hrow = 2 * self.heads.len() / self.rows.max(1);
+        let hrow = 2 * self.heads_per_row();
         for (base, from, len) in [
             (self.data.as_ptr(), r * self.row_bytes, n * self.row_bytes),
             (self.heads.as_ptr() as *const u8, r * hrow, n * hrow),
@@ -180,10 +186,20 @@ impl QMatrix {
         let _ = rows;
     }
 
+    /// Values of `heads` per row.
+    fn heads_per_row(&self) -> usize {
+        self.heads.len() / self.rows.max(1)
+    }
+
     /// Row `r`'s part of `heads`.
     fn heads_of(&self, r: usize) -> &[u16] {
-        let n = self.heads.len() / self.rows.max(1);
+        let n = self.heads_per_row();
         &self.heads[r * n..(r + 1) * n]
+    }
+
+    /// Whether `acts` were quantised for this matrix (same width and encoding).
+    fn suits(&self, acts: &QActs) -> bool {
+        acts.int8 == self.wants_int8() && acts.cols == self.cols
     }
 
     fn row(&self, r: usize) -> &[u8] {
@@ -243,7 +259,7 @@ impl QMatrix {
         x: &[f32],
         n: usize,
     ) -> std::borrow::Cow<'a, QActs> {
-        if acts.int8 == self.wants_int8() && acts.cols == self.cols {
+        if self.suits(acts) {
             std::borrow::Cow::Borrowed(acts)
         } else {
             std::borrow::Cow::Owned(self.quantize_acts(x, n))
@@ -314,10 +330,7 @@ impl QMatrix {
     /// Dot products of weight row `r` with activation rows `t0..t0 + T`.
     #[inline]
     fn dots<const T: usize>(&self, r: usize, acts: &QActs, t0: usize) -> [f32; T] {
-        assert!(
-            acts.int8 == self.wants_int8() && acts.cols == self.cols,
-            "activations quantised for another matrix"
-        );
+        assert!(self.suits(acts), "activations quantised for another matrix");
         let row = self.row(r);
         let nb = acts.blocks_per_row;
         match self.wtype {
@@ -415,10 +428,7 @@ impl QMatrix {
         #[cfg(target_arch = "x86_64")]
         if n == 1 && matches!(self.wtype, WType::Q4_1 | WType::Q8_0) && avx512::decode_available() {
             let nb = acts.blocks_per_row;
-            assert!(
-                acts.int8 && acts.cols == self.cols,
-                "activations quantised for another matrix"
-            );
+            assert!(self.suits(acts), "activations quantised for another matrix");
             // The four rows are read side by side, which the hardware prefetcher follows
             // poorly: ask for the rows `PREFETCH` bytes ahead.
             while rows.len() >= 4 {
@@ -532,12 +542,9 @@ mod avx512 {
         acts: &QActs,
         nb: usize,
     ) -> [f32; R] {
-        let (bytes, per_block) = match wtype {
-            WType::Q4_1 => (20, 2),
-            WType::Q8_0 => (34, 1),
-            _ => panic!("decode_rows: {wtype:?} has no decode kernel"),
-        };
-        assert!(w.iter().all(|w| w.len() == nb * bytes));
+        let per_block = wtype.heads_per_block();
+        assert!(per_block > 0, "decode_rows: {wtype:?} has no decode kernel");
+        assert!(w.iter().all(|w| w.len() == nb * wtype.block_bytes()));
         assert!(heads.iter().all(|h| h.len() == per_block * nb));
         assert!(acts.qs.len() >= nb * QK && acts.d.len() >= nb && acts.s.len() >= nb);
         let (w, heads) = (w.map(|w| w.as_ptr()), heads.map(|h| h.as_ptr()));

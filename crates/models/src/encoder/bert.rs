@@ -458,40 +458,47 @@ impl Bert {
         for layer in &self.layers {
             let heads = |t: Tensor| t.reshape((b, len, nh, dh))?.transpose(1, 2)?.contiguous();
             let packed = layer.packed.as_ref().filter(|_| !self.train);
-            let (q, k, v) = if let Some(p) = packed {
-                let qkv = x.apply_op1_no_bwd(&PackedOp(&p.qkv))?;
-                if dh % 16 == 0 {
-                    // Attention fused, straight from the product's rows.
-                    let ctx = super::ops::attention(&qkv, b, len, nh, padded.then_some(mask))?;
-                    x = self.rest_of_layer(layer, p, &ctx, &x)?;
-                    if all {
-                        outs.push(x.reshape((b, len, h))?);
-                    }
-                    continue;
+            let ctx = match packed {
+                Some(p) if dh % 16 == 0 => {
+                    // Attention fused, straight from the Q/K/V product's rows.
+                    let qkv = x.apply_op1_no_bwd(&PackedOp(&p.qkv))?;
+                    super::ops::attention(&qkv, b, len, nh, padded.then_some(mask))?
                 }
-                (
-                    heads(qkv.narrow(1, 0, h)?)?,
-                    heads(qkv.narrow(1, h, h)?)?,
-                    heads(qkv.narrow(1, 2 * h, h)?)?,
-                )
-            } else {
-                (
-                    heads((Lora::apply(&layer.query, &layer.lora_q, &x, self.train)? * scale)?)?,
-                    heads(linear(&layer.key, &x, self.train)?)?,
-                    heads(Lora::apply(&layer.value, &layer.lora_v, &x, self.train)?)?,
-                )
+                _ => {
+                    let (q, k, v) = if let Some(p) = packed {
+                        let qkv = x.apply_op1_no_bwd(&PackedOp(&p.qkv))?;
+                        (
+                            heads(qkv.narrow(1, 0, h)?)?,
+                            heads(qkv.narrow(1, h, h)?)?,
+                            heads(qkv.narrow(1, 2 * h, h)?)?,
+                        )
+                    } else {
+                        (
+                            heads(
+                                (Lora::apply(&layer.query, &layer.lora_q, &x, self.train)?
+                                    * scale)?,
+                            )?,
+                            heads(linear(&layer.key, &x, self.train)?)?,
+                            heads(Lora::apply(&layer.value, &layer.lora_v, &x, self.train)?)?,
+                        )
+                    };
+                    let mut scores = q.matmul(&k.t()?)?;
+                    if let Some(bias) = &bias {
+                        scores = scores.broadcast_add(bias)?;
+                    }
+                    // candle's fused softmax has no backward pass (the graph would be cut
+                    // before Q and K); training takes the generic one.
+                    let probs = super::ops::softmax_last_dim(&scores)?;
+                    let probs = self.drop(probs, self.attention_dropout)?;
+                    probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?
+                }
             };
-            let mut scores = q.matmul(&k.t()?)?;
-            if let Some(bias) = &bias {
-                scores = scores.broadcast_add(bias)?;
-            }
-            // candle's fused softmax has no backward pass (the graph would be cut before Q and
-            // K); training takes the generic one.
-            let probs = super::ops::softmax_last_dim(&scores)?;
-            let probs = self.drop(probs, self.attention_dropout)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * len, h))?;
             if let Some(p) = packed {
-                x = self.rest_of_layer(layer, p, &ctx, &x)?;
+                let a = ctx.apply_op1_no_bwd(&PackedOp(&p.attn_out))?;
+                x = layer.attn_norm.forward_add(&a, &x, false)?;
+                let i = x.apply_op1_no_bwd(&PackedOp(&p.inter))?;
+                let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
+                x = layer.out_norm.forward_add(&o, &x, false)?;
             } else {
                 let a = self.drop(
                     linear(&layer.attn_out, &ctx, self.train)?,
@@ -510,24 +517,6 @@ impl Bert {
             outs.push(x.reshape((b, len, h))?);
         }
         Ok(outs)
-    }
-}
-
-impl Bert {
-    /// A packed layer after attention: output projection, residual and LayerNorm, feed-forward,
-    /// residual and LayerNorm.
-    fn rest_of_layer(
-        &self,
-        layer: &Layer,
-        p: &PackedLayer,
-        ctx: &Tensor,
-        x: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let a = ctx.apply_op1_no_bwd(&PackedOp(&p.attn_out))?;
-        let x = layer.attn_norm.forward_add(&a, x, false)?;
-        let i = x.apply_op1_no_bwd(&PackedOp(&p.inter))?;
-        let o = i.apply_op1_no_bwd(&PackedOp(&p.out))?;
-        layer.out_norm.forward_add(&o, &x, false)
     }
 }
 
