@@ -81,6 +81,8 @@ pub struct ReportArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    billing: crate::cost_cmd::BillingArgs,
+    #[command(flatten)]
     sources: crate::cost_cmd::SourcesArgs,
 }
 
@@ -313,7 +315,9 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
             task.labels.join(", ")
         );
     }
-    let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
+    let pricing = a
+        .sources
+        .pricing(&a.reference, a.usd_per_hour, a.billing.billing())?;
     let instance = instance(&a, ctx)?;
     let base = resolve_base(&a, ctx.quiet)?;
     let rows_dir = a.out.join("rows");
@@ -649,7 +653,8 @@ fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> 
         let prompt = PROMPT
             .replace("{labels}", &task.labels.join(", "))
             .replace("{text}", &e.text);
-        usd += Pricing::hosted_usd(&pricing.reference, &prompt, &e.label)
+        usd += pricing
+            .hosted_usd(&pricing.reference, &prompt, &e.label)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }
     let (accuracy, macro_f1) = match &a.reference_answers {

@@ -90,6 +90,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     cache_size: usize,
     #[command(flatten)]
+    billing: crate::cost_cmd::BillingArgs,
+    #[command(flatten)]
     sources: SourcesArgs,
 }
 
@@ -111,6 +113,7 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
         &a.reference,
         &a.embed_reference,
         a.usd_per_hour,
+        a.billing.billing(),
     )
     .map_err(anyhow::Error::msg)?;
     let route = a
@@ -241,7 +244,7 @@ async fn shutdown_signal() {
 #[derive(Subcommand)]
 pub enum RouteCmd {
     /// Pick the cascade's threshold: the cheapest that keeps the quality target on labelled data.
-    Calibrate(CalibrateArgs),
+    Calibrate(Box<CalibrateArgs>),
     /// Record the route's upstream answers on a data set (for `calibrate --upstream-answers`),
     /// asking it exactly as the router would.
     Record(RecordArgs),
@@ -301,6 +304,8 @@ pub struct CalibrateArgs {
     #[command(flatten)]
     fields: FieldArgs,
     #[command(flatten)]
+    billing: crate::cost_cmd::BillingArgs,
+    #[command(flatten)]
     sources: SourcesArgs,
 }
 
@@ -349,7 +354,7 @@ fn normal_cdf(x: f64) -> f64 {
 
 pub fn route_cmd(c: RouteCmd, ctx: &Ctx) -> Result<()> {
     match c {
-        RouteCmd::Calibrate(a) => calibrate_cmd(a, ctx),
+        RouteCmd::Calibrate(a) => calibrate_cmd(*a, ctx),
         RouteCmd::Record(a) => record_cmd(a, ctx),
     }
 }
@@ -440,7 +445,7 @@ fn cases(
     data: &str,
     answers: Option<&PathBuf>,
     a: &CalibrateArgs,
-    price: &frugal_cost::ModelPrice,
+    pricing: &Pricing,
     quiet: bool,
 ) -> Result<(Vec<Case>, f64, f64)> {
     let examples = labelled(data, &a.fields, quiet)?;
@@ -475,14 +480,17 @@ fn cases(
             local_correct,
             upstream_correct,
         });
-        hosted += Pricing::hosted_usd(price, &e.text, &e.label)
+        hosted += pricing
+            .hosted_usd(&pricing.reference, &e.text, &e.label)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     }
     Ok((out, local_secs, hosted / examples.len() as f64))
 }
 
 fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
-    let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
+    let pricing = a
+        .sources
+        .pricing(&a.reference, a.usd_per_hour, a.billing.billing())?;
     let (clf, _) = Classifier::load(&a.classifier)
         .with_context(|| format!("--classifier {}", a.classifier.display()))?;
     let (cs, local_secs, up_usd) = cases(
@@ -490,7 +498,7 @@ fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
         &a.data,
         a.upstream_answers.as_ref(),
         &a,
-        &pricing.reference,
+        &pricing,
         ctx.quiet,
     )?;
     let local_usd = pricing.local_usd(local_secs);
@@ -503,7 +511,7 @@ fn calibrate_cmd(a: CalibrateArgs, ctx: &Ctx) -> Result<()> {
                 t,
                 a.test_upstream_answers.as_ref(),
                 &a,
-                &pricing.reference,
+                &pricing,
                 ctx.quiet,
             )?;
             let th = cal.chosen.as_ref().map_or(f64::INFINITY, |p| p.threshold);

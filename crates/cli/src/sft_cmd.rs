@@ -335,6 +335,8 @@ pub struct EvalGenArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    billing: crate::cost_cmd::BillingArgs,
+    #[command(flatten)]
     sources: crate::cost_cmd::SourcesArgs,
 }
 
@@ -404,12 +406,9 @@ pub(crate) fn score_generation(
         gen_tokens += g.completion_tokens;
         // The hosted model is priced on the messages' text (its own template is its business).
         let asked: Vec<&str> = ex.messages.iter().map(|m| m.content.as_str()).collect();
-        hosted += frugal_serve::pricing::Pricing::hosted_usd(
-            &pricing.reference,
-            &asked.join("\n"),
-            &ex.answer,
-        )
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        hosted += pricing
+            .hosted_usd(&pricing.reference, &asked.join("\n"), &ex.answer)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         rows.push(serde_json::json!({
             "prompt": ex.prompt(), "reference": ex.answer, "answer": answer,
             "rouge_l": r, "exact": em, "completion_tokens": g.completion_tokens,
@@ -435,7 +434,9 @@ pub(crate) fn score_generation(
 }
 
 pub fn eval_gen_cmd(a: EvalGenArgs, ctx: &Ctx) -> Result<()> {
-    let pricing = a.sources.pricing(&a.reference, a.usd_per_hour)?;
+    let pricing = a
+        .sources
+        .pricing(&a.reference, a.usd_per_hour, a.billing.billing())?;
     let mut data = pairs(&a.data, "test", "--data", ctx.quiet)?;
     if let Some(n) = a.limit {
         data.truncate(n);

@@ -156,10 +156,10 @@ fn bad_input_is_named_and_nothing_is_written() {
     );
     fails_with(
         &frugal()
-            .args(["cost", "--reference", "gpt-5"])
+            .args(["cost", "--reference", "gpt-9-ultra"])
             .output()
             .unwrap(),
-        &["gpt-5"],
+        &["gpt-9-ultra", "did you mean"],
     );
     let dir = tempfile::tempdir().unwrap();
     let chart = dir.path().join("c.svg");
@@ -233,5 +233,294 @@ fn bad_input_is_named_and_nothing_is_written() {
             .output()
             .unwrap(),
         &["cat.toml", "'mine'", "output_usd_per_mtok"],
+    );
+}
+
+/// The pinned LiteLLM map, as `frugal assets list` places it (fetched on first use).
+fn price_map() -> serde_json::Map<String, serde_json::Value> {
+    let assets = ok_json(&["assets", "list", "--json"]);
+    let _ = ok_json(&["tokens", "--model", "gpt-5", "--json", "x"]);
+    let a = assets
+        .iter()
+        .find(|a| a["name"] == "litellm-prices")
+        .expect("the price map is a pinned asset");
+    let path = a["path"].as_str().unwrap();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn todays_models_are_priced_from_the_real_map_as_a_hand_calculation_says() {
+    let map = price_map();
+    for model in ["gpt-5", "claude-sonnet-4-5", "gemini-2.5-pro"] {
+        for words in ["100", "1000"] {
+            let v = &ok_json(&["cost", "--model", model, "--words", words, "--json"])[0];
+            let row = &v["rows"][0];
+            assert_eq!(row["model"], model);
+            let e = &map[model];
+            let want = row["input_tokens"].as_f64().unwrap()
+                * e["input_cost_per_token"].as_f64().unwrap()
+                + row["output_tokens"].as_f64().unwrap()
+                    * e["output_cost_per_token"].as_f64().unwrap();
+            let got = row["usd_per_request"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{model} {words}: {got} vs {want}"
+            );
+            assert!(row["source"]
+                .as_str()
+                .unwrap()
+                .contains("LiteLLM price map, litellm 1.110.2, released 2026-11-20"));
+        }
+    }
+    // Provider prefixes and dated snapshots resolve to the same entries.
+    for (name, want) in [
+        ("openai/gpt-5", "gpt-5"),
+        ("anthropic/claude-sonnet-4-5", "claude-sonnet-4-5"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929"),
+    ] {
+        let v = &ok_json(&["cost", "--model", name, "--words", "100", "--json"])[0];
+        assert_eq!(v["rows"][0]["model"], want, "{name}");
+    }
+    // The folklore is checked against today's models too.
+    let v = &ok_json(&["cost", "--words", "100", "--json"])[0];
+    let today = v["quote"]["verdict_today"].as_str().unwrap();
+    assert!(today.contains("$"), "{today}");
+    assert!(v["quote"]["today_models"].as_array().unwrap().len() >= 9);
+    // Near misses still get suggestions, never $0.
+    fails_with(
+        &frugal()
+            .args(["cost", "--model", "claude-sonet-4-5"])
+            .output()
+            .unwrap(),
+        &["claude-sonet-4-5", "did you mean", "claude-sonnet-4-5"],
+    );
+}
+
+#[test]
+fn every_model_the_map_prices_per_token_is_priceable() {
+    let map = price_map();
+    // Entries with numeric per-token prices in a text mode, as read here independently.
+    let mut csv = String::from("model,input_tokens,output_tokens\n");
+    let mut want = 0.0;
+    let mut n = 0;
+    for (name, e) in &map {
+        let mode = e["mode"].as_str().unwrap_or("chat");
+        let (Some(i), Some(o)) = (
+            e["input_cost_per_token"].as_f64(),
+            e["output_cost_per_token"].as_f64(),
+        ) else {
+            continue;
+        };
+        if name == "sample_spec"
+            || !["chat", "completion", "responses", "embedding"].contains(&mode)
+        {
+            continue;
+        }
+        csv.push_str(&format!("\"{name}\",1000,100\n"));
+        // A fixed charge per request, where the map gives one.
+        want += 1000.0 * i + 100.0 * o + e["input_cost_per_request"].as_f64().unwrap_or(0.0);
+        n += 1;
+    }
+    assert!(n > 3000, "{n}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("all.csv");
+    std::fs::write(&f, csv).unwrap();
+    let v = &ok_json(&[
+        "cost",
+        "--usage",
+        f.to_str().unwrap(),
+        "--model",
+        "gpt-5-mini",
+        "--json",
+    ])[0];
+    assert_eq!(v["requests"].as_u64(), Some(n));
+    let got = v["total_usd"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9 * want.max(1.0), "{got} vs {want}");
+    // The map's skipped entries are counted in --check.
+    let o = frugal()
+        .args(["tokens", "--list", "--check"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("agree") && out.contains("skipped"),
+        "{out}"
+    );
+}
+
+#[test]
+fn cached_batch_and_reasoning_billing_and_the_users_bill() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small map of our own, so the numbers are fixed.
+    let map = dir.path().join("prices.json");
+    std::fs::write(
+        &map,
+        r#"{"acme-1": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 2e-06,
+              "output_cost_per_token": 8e-06, "cache_read_input_token_cost": 5e-07,
+              "input_cost_per_token_batches": 1e-06, "output_cost_per_token_batches": 4e-06,
+              "supports_reasoning": true},
+            "acme-mini": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-07,
+              "output_cost_per_token": 4e-07},
+            "broken": {"litellm_provider": "x", "mode": "chat", "input_cost_per_token": -1,
+              "output_cost_per_token": 1}}"#,
+    )
+    .unwrap();
+    let m = map.to_str().unwrap();
+    let v = &ok_json(&[
+        "cost",
+        "--price-map",
+        m,
+        "--model",
+        "acme-1",
+        "--reference",
+        "acme-1",
+        "--words",
+        "100",
+        "--cached-share",
+        "0.5",
+        "--batch",
+        "--reasoning-tokens",
+        "1000",
+        "--json",
+    ])[0];
+    let row = &v["rows"][0];
+    let (i, o) = (
+        row["input_tokens"].as_f64().unwrap(),
+        row["output_tokens"].as_f64().unwrap(),
+    );
+    let cached = (i * 0.5).round();
+    // Batch: uncached input at $1, cached at the (only) cached price $0.5, output and reasoning
+    // at the batch output price $4, per 1M.
+    let want = ((i - cached) * 1.0 + cached * 0.5 + o * 4.0 + 1000.0 * 4.0) / 1e6;
+    let got = row["usd_per_request"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert_eq!(row["reasoning_tokens"].as_u64(), Some(1000));
+    assert!(v["billing"]["batch"].as_bool().unwrap());
+    // The user's bill: OpenAI usage-API lines, priced by hand, and the same traffic elsewhere.
+    let usage = dir.path().join("usage.jsonl");
+    std::fs::write(
+        &usage,
+        "{\"object\":\"organization.usage.completions.result\",\"input_tokens\":10000,\"output_tokens\":2000,\"input_cached_tokens\":4000,\"num_model_requests\":10,\"model\":\"acme-1\",\"batch\":false}\n{\"model\":\"openai/acme-1\",\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":500}}\n",
+    )
+    .unwrap();
+    let v = &ok_json(&[
+        "cost",
+        "--price-map",
+        m,
+        "--usage",
+        usage.to_str().unwrap(),
+        "--model",
+        "acme-mini",
+        "--json",
+    ])[0];
+    let bill = (6000.0 * 2.0 + 4000.0 * 0.5 + 2000.0 * 8.0 + 1000.0 * 2.0 + 500.0 * 8.0) / 1e6;
+    assert!((v["total_usd"].as_f64().unwrap() - bill).abs() < 1e-12);
+    assert_eq!(v["requests"].as_u64(), Some(11));
+    let alt = &v["alternatives"][0];
+    assert_eq!(alt["model"], "acme-mini");
+    let mini = (11000.0 * 0.1 + 2500.0 * 0.4) / 1e6;
+    assert!((alt["usd"].as_f64().unwrap() - mini).abs() < 1e-12);
+    assert!((alt["savings_vs_bill"].as_f64().unwrap() - (1.0 - mini / bill)).abs() < 1e-9);
+    // The invalid entry is skipped and counted.
+    let o = frugal()
+        .args(["tokens", "--list", "--check", "--price-map", m])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("1 with invalid prices") && out.contains("broken"),
+        "{out}"
+    );
+    // Bad usage files are named by line; unknown models too, never $0.
+    std::fs::write(
+        &usage,
+        "{\"model\":\"acme-1\",\"input_tokens\":1,\"output_tokens\":1}\n{oops\n",
+    )
+    .unwrap();
+    fails_with(
+        &frugal()
+            .args(["cost", "--price-map", m, "--usage", usage.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        &["usage.jsonl line 2", "invalid JSON"],
+    );
+    let csv = dir.path().join("bill.csv");
+    std::fs::write(
+        &csv,
+        "model,input_tokens,output_tokens\nacme-1,1,1\nacme-2,5,5\n",
+    )
+    .unwrap();
+    fails_with(
+        &frugal()
+            .args(["cost", "--price-map", m, "--usage", csv.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        &["bill.csv", "line 3", "acme-2", "did you mean", "acme-1"],
+    );
+    fails_with(
+        &frugal()
+            .args(["cost", "--cached-share", "1.5"])
+            .output()
+            .unwrap(),
+        &["--cached-share", "between 0 and 1"],
+    );
+    fails_with(
+        &frugal()
+            .args(["cost", "--reasoning-tokens", "lots"])
+            .output()
+            .unwrap(),
+        &["--reasoning-tokens", "3x"],
+    );
+}
+
+#[test]
+fn without_the_map_frugals_own_catalog_still_works() {
+    // A map that cannot be fetched (no pip) leaves a notice and frugal's own catalog.
+    let home = tempfile::tempdir().unwrap();
+    let o = frugal()
+        .env("FRUGAL_HOME", home.path())
+        .env("FRUGAL_PIP", "false")
+        .args(["tokens", "--model", "gpt-4o", "--json", "hello world"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("price map is unavailable") && err.contains("own catalog"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(home.path().join("assets"))
+            .map(|d| d.filter_map(|e| e.ok()).all(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".litellm-prices.lock")))
+            .unwrap_or(true),
+        "nothing half-fetched left behind"
+    );
+    // Off by choice: gpt-5 is then unknown, and the error says why.
+    fails_with(
+        &frugal()
+            .args(["cost", "--price-map", "off", "--model", "gpt-5"])
+            .output()
+            .unwrap(),
+        &["gpt-5", "price map is not loaded"],
+    );
+    // A map the user names must load.
+    let bad = home.path().join("bad.json");
+    std::fs::write(&bad, "[1,2]").unwrap();
+    fails_with(
+        &frugal()
+            .args(["cost", "--price-map", bad.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        &["--price-map", "bad.json", "not a LiteLLM price map"],
+    );
+    fails_with(
+        &frugal()
+            .args(["cost", "--price-map", "/nonexistent/prices.json"])
+            .output()
+            .unwrap(),
+        &["--price-map", "/nonexistent/prices.json", "cannot read"],
     );
 }

@@ -2,8 +2,9 @@
 //! tokenizer, and where the price comes from and when it was in force. Data, not code: the
 //! built-in `catalog.toml` plus the user's files layered on top.
 
+use crate::price_map::PriceMap;
 use crate::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -69,6 +70,20 @@ struct RawModel {
     input_usd_per_mtok: Option<f64>,
     #[serde(default)]
     output_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    cached_input_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    batch_input_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    batch_output_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    batch_cached_input_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    reasoning_usd_per_mtok: Option<f64>,
+    #[serde(default)]
+    usd_per_request: Option<f64>,
+    #[serde(default)]
+    aliases: Vec<String>,
     context_window: u64,
     tokenizer: String,
     source: String,
@@ -81,6 +96,16 @@ struct RawCatalog {
     models: BTreeMap<String, RawModel>,
 }
 
+/// Which layer of the catalog an entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// frugal's own sourced catalog, or the user's catalog files on top of it.
+    Own,
+    /// The imported price map (LiteLLM's), under frugal's own entries.
+    PriceMap,
+}
+
 /// One catalog entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelPrice {
@@ -91,7 +116,19 @@ pub struct ModelPrice {
     pub input_usd_per_mtok: Option<f64>,
     /// USD per 1M output tokens (hosted models).
     pub output_usd_per_mtok: Option<f64>,
-    pub context_window: u64,
+    /// USD per 1M input tokens read from the provider's prompt cache.
+    pub cached_input_usd_per_mtok: Option<f64>,
+    /// Batch-API prices (USD per 1M input and output tokens).
+    pub batch_input_usd_per_mtok: Option<f64>,
+    pub batch_output_usd_per_mtok: Option<f64>,
+    /// Batch-API price of cached input tokens.
+    pub batch_cached_input_usd_per_mtok: Option<f64>,
+    /// Set for models that bill hidden reasoning ("thinking") tokens: USD per 1M of them.
+    pub reasoning_usd_per_mtok: Option<f64>,
+    /// A fixed charge per request, on top of the tokens.
+    pub usd_per_request: Option<f64>,
+    /// The context window in tokens, when known.
+    pub context_window: Option<u64>,
     pub tokenizer: TokenizerSpec,
     /// Where the price comes from.
     pub source: String,
@@ -99,12 +136,31 @@ pub struct ModelPrice {
     pub as_of: String,
     /// The catalog file the entry came from.
     pub from: String,
+    pub layer: Layer,
+    /// Other names of the same model (dated snapshots, the map's spelling).
+    pub aliases: Vec<String>,
+    /// "YYYY-MM-DD" the provider retires the model, and its successor, where the map says.
+    pub deprecation: Option<String>,
+    /// Fields of one of frugal's own entries filled in from the price map (whose base prices
+    /// agree with frugal's), e.g. `cached_input_usd_per_mtok`.
+    pub filled_from_map: Vec<&'static str>,
 }
 
-/// All known models, built-in entries overridden by later files.
+impl ModelPrice {
+    /// Whether the provider bills per token (a hosted model with both prices).
+    pub fn per_token(&self) -> bool {
+        self.input_usd_per_mtok.is_some() && self.output_usd_per_mtok.is_some()
+    }
+}
+
+/// All known models: frugal's own entries (built-in, overridden by later files), and under them
+/// an optional imported price map.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     models: BTreeMap<String, ModelPrice>,
+    /// Alias -> own entry name.
+    aliases: BTreeMap<String, String>,
+    map: Option<PriceMap>,
 }
 
 impl Catalog {
@@ -112,6 +168,8 @@ impl Catalog {
     pub fn builtin() -> Catalog {
         let mut c = Catalog {
             models: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            map: None,
         };
         c.merge(BUILTIN, "built-in catalog.toml")
             .expect("the built-in catalog is valid");
@@ -169,6 +227,21 @@ impl Catalog {
                     _ => {}
                 }
             }
+            for (f, v) in [
+                ("cached_input_usd_per_mtok", m.cached_input_usd_per_mtok),
+                ("batch_input_usd_per_mtok", m.batch_input_usd_per_mtok),
+                ("batch_output_usd_per_mtok", m.batch_output_usd_per_mtok),
+                (
+                    "batch_cached_input_usd_per_mtok",
+                    m.batch_cached_input_usd_per_mtok,
+                ),
+                ("reasoning_usd_per_mtok", m.reasoning_usd_per_mtok),
+                ("usd_per_request", m.usd_per_request),
+            ] {
+                if v.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                    return Err(field(f, "must be a price of 0 or more USD"));
+                }
+            }
             if m.context_window == 0 {
                 return Err(field("context_window", "must be at least 1 token"));
             }
@@ -181,6 +254,9 @@ impl Catalog {
             if !is_date(&m.as_of) {
                 return Err(field("as_of", "must be a date as YYYY-MM-DD"));
             }
+            for a in &m.aliases {
+                self.aliases.insert(a.clone(), name.clone());
+            }
             self.models.insert(
                 name.clone(),
                 ModelPrice {
@@ -189,42 +265,167 @@ impl Catalog {
                     kind: m.kind,
                     input_usd_per_mtok: m.input_usd_per_mtok,
                     output_usd_per_mtok: m.output_usd_per_mtok,
-                    context_window: m.context_window,
+                    cached_input_usd_per_mtok: m.cached_input_usd_per_mtok,
+                    batch_input_usd_per_mtok: m.batch_input_usd_per_mtok,
+                    batch_output_usd_per_mtok: m.batch_output_usd_per_mtok,
+                    batch_cached_input_usd_per_mtok: m.batch_cached_input_usd_per_mtok,
+                    reasoning_usd_per_mtok: m.reasoning_usd_per_mtok,
+                    usd_per_request: m.usd_per_request,
+                    context_window: Some(m.context_window),
                     tokenizer,
                     source: m.source,
                     as_of: m.as_of,
                     from: file.to_string(),
+                    layer: Layer::Own,
+                    aliases: m.aliases,
+                    deprecation: None,
+                    filled_from_map: vec![],
                 },
             );
         }
+        self.fill_from_map();
         Ok(())
     }
 
-    /// Every entry, by name.
+    /// Layers a price map under frugal's own entries: a name frugal's catalog knows keeps
+    /// frugal's price; everything else the map prices becomes priceable. Where both know a model
+    /// and agree on its base prices, the map fills in what frugal's entry leaves out (cached and
+    /// batch prices, reasoning billing, deprecation).
+    pub fn with_price_map(mut self, map: PriceMap) -> Catalog {
+        self.map = Some(map);
+        self.fill_from_map();
+        self
+    }
+
+    /// The layered price map, if one was loaded.
+    pub fn price_map(&self) -> Option<&PriceMap> {
+        self.map.as_ref()
+    }
+
+    fn fill_from_map(&mut self) {
+        let Some(map) = &self.map else { return };
+        for m in self.models.values_mut() {
+            let Some(p) = map_counterpart(map, m) else {
+                continue;
+            };
+            if !same_base_prices(m, p) {
+                continue;
+            }
+            let mut filled = std::mem::take(&mut m.filled_from_map);
+            let mut fill = |name: &'static str, mine: &mut Option<f64>, theirs: Option<f64>| {
+                if mine.is_none() && theirs.is_some() {
+                    *mine = theirs;
+                    if !filled.contains(&name) {
+                        filled.push(name);
+                    }
+                }
+            };
+            fill(
+                "cached_input_usd_per_mtok",
+                &mut m.cached_input_usd_per_mtok,
+                p.cached_input_usd_per_mtok,
+            );
+            fill(
+                "batch_input_usd_per_mtok",
+                &mut m.batch_input_usd_per_mtok,
+                p.batch_input_usd_per_mtok,
+            );
+            fill(
+                "batch_output_usd_per_mtok",
+                &mut m.batch_output_usd_per_mtok,
+                p.batch_output_usd_per_mtok,
+            );
+            fill(
+                "batch_cached_input_usd_per_mtok",
+                &mut m.batch_cached_input_usd_per_mtok,
+                p.batch_cached_input_usd_per_mtok,
+            );
+            fill(
+                "reasoning_usd_per_mtok",
+                &mut m.reasoning_usd_per_mtok,
+                p.reasoning_usd_per_mtok,
+            );
+            fill("usd_per_request", &mut m.usd_per_request, p.usd_per_request);
+            m.filled_from_map = filled;
+            if m.deprecation.is_none() {
+                m.deprecation = p.deprecation.clone();
+            }
+        }
+    }
+
+    /// frugal's own entries, by name.
     pub fn iter(&self) -> impl Iterator<Item = &ModelPrice> {
         self.models.values()
+    }
+
+    /// The price map's entries, by name (empty without a map).
+    pub fn map_iter(&self) -> impl Iterator<Item = &ModelPrice> {
+        self.map.iter().flat_map(|m| m.models.values())
+    }
+
+    /// Every own entry that the price map also prices, with the map's entry: what `frugal
+    /// tokens --list --check` compares.
+    pub fn overlaps(&self) -> Vec<(&ModelPrice, &ModelPrice)> {
+        let Some(map) = &self.map else { return vec![] };
+        self.models
+            .values()
+            .filter_map(|m| map_counterpart(map, m).map(|p| (m, p)))
+            .collect()
+    }
+
+    fn exact(&self, name: &str) -> Option<&ModelPrice> {
+        if let Some(m) = self.models.get(name) {
+            return Some(m);
+        }
+        if let Some(m) = self.aliases.get(name).and_then(|n| self.models.get(n)) {
+            return Some(m);
+        }
+        self.map.as_ref().and_then(|m| m.models.get(name))
+    }
+
+    /// Resolves a name: exact (frugal's entries and aliases first, then the map), then
+    /// case-insensitively, then without a provider prefix that matches the entry's provider
+    /// (`openai/gpt-5`, `anthropic/claude-sonnet-4-5`), then a dated snapshot the map does not
+    /// list as its undated model (`claude-sonnet-4-5-20991231`, `gpt-5@2099-01-01`).
+    fn resolve(&self, name: &str) -> Option<&ModelPrice> {
+        if let Some(m) = self
+            .exact(name)
+            .or_else(|| self.exact(&name.to_lowercase()))
+        {
+            return Some(m);
+        }
+        if let Some((prefix, rest)) = name.split_once('/') {
+            if let Some(m) = self.resolve(rest) {
+                if provider_family(prefix) == provider_family(&m.provider) {
+                    return Some(m);
+                }
+            }
+        }
+        strip_date(name).and_then(|base| self.resolve(base))
     }
 
     /// Looks a model up; an unknown name is an error that suggests near matches (never a silent
     /// zero price).
     pub fn get(&self, name: &str) -> Result<&ModelPrice> {
-        if let Some(m) = self.models.get(name) {
+        if let Some(m) = self.resolve(name) {
             return Ok(m);
         }
         let lower = name.to_lowercase();
-        let mut near: Vec<(f64, &str)> = self
+        let names: Vec<&str> = self
             .models
             .keys()
-            .map(|k| (strsim::jaro_winkler(&lower, &k.to_lowercase()), k.as_str()))
+            .chain(self.aliases.keys())
+            .chain(self.map.iter().flat_map(|m| m.models.keys()))
+            .map(String::as_str)
+            .collect();
+        let mut near: Vec<(f64, &str)> = names
+            .iter()
+            .map(|k| (strsim::jaro_winkler(&lower, &k.to_lowercase()), *k))
             .filter(|(score, k)| *score > 0.8 || k.contains(&lower) || lower.contains(*k))
             .collect();
-        near.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let hint = if near.is_empty() {
-            format!(
-                " (known: {})",
-                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        } else {
+        near.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.len().cmp(&b.1.len())));
+        near.dedup_by(|a, b| a.1 == b.1);
+        let hint = if !near.is_empty() {
             format!(
                 "; did you mean {}?",
                 near.iter()
@@ -233,12 +434,62 @@ impl Catalog {
                     .collect::<Vec<_>>()
                     .join(", ")
             )
+        } else if names.len() <= 40 {
+            format!(
+                " (known: {})",
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            format!(" (none of the {} known models is close)", names.len())
+        };
+        let hint = match &self.map {
+            Some(_) => hint,
+            None => format!("{hint}; the LiteLLM price map is not loaded, so only frugal's own catalog was searched"),
         };
         Err(Error::UnknownModel {
             name: name.to_string(),
             hint,
         })
     }
+}
+
+/// The map entry for one of frugal's own entries: same name, or one of its aliases.
+fn map_counterpart<'a>(map: &'a PriceMap, m: &ModelPrice) -> Option<&'a ModelPrice> {
+    std::iter::once(&m.name)
+        .chain(&m.aliases)
+        .find_map(|n| map.models.get(n))
+}
+
+fn same_base_prices(a: &ModelPrice, b: &ModelPrice) -> bool {
+    let eq = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => false,
+    };
+    eq(a.input_usd_per_mtok, b.input_usd_per_mtok)
+        && eq(a.output_usd_per_mtok, b.output_usd_per_mtok)
+}
+
+/// Providers under one family name: a prefix `google/…` or `gemini/…` names a Vertex AI model.
+pub(crate) fn provider_family(p: &str) -> &str {
+    match p {
+        "google" | "gemini" | "vertex_ai" | "vertex_ai-language-models" => "google",
+        "openai" | "text-completion-openai" => "openai",
+        other => other,
+    }
+}
+
+/// `name` without a trailing snapshot date (`-20250929`, `-2025-09-29`, `@20250929`).
+fn strip_date(name: &str) -> Option<&str> {
+    let b = name.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    let n = b.len();
+    if n > 9 && (b[n - 9] == b'-' || b[n - 9] == b'@') && digits(&b[n - 8..]) {
+        return Some(&name[..n - 9]);
+    }
+    if n > 11 && (b[n - 11] == b'-' || b[n - 11] == b'@') && is_date(&name[n - 10..]) {
+        return Some(&name[..n - 11]);
+    }
+    None
 }
 
 fn is_date(s: &str) -> bool {

@@ -3,11 +3,14 @@
 
 pub mod catalog;
 pub mod hardware;
+pub mod price_map;
 pub mod request;
 pub mod tco;
 pub mod text;
+pub mod usage;
 
-pub use catalog::{Catalog, Kind, ModelPrice, TokenizerSpec};
+pub use catalog::{Catalog, Kind, Layer, ModelPrice, TokenizerSpec};
+pub use price_map::PriceMap;
 
 /// Errors of the cost engine; each names the file, field or model and what to do.
 #[derive(Debug, thiserror::Error)]

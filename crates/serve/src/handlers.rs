@@ -7,7 +7,7 @@ use crate::api::{
 use crate::cache::{CachedAnswer, Lookup};
 use crate::error::ApiError;
 use crate::metrics::{CacheLabels, EndpointLabels, ModelLabels, RequestLabels, RouteLabels};
-use crate::pricing::{chat_text, Pricing};
+use crate::pricing::chat_text;
 use crate::workers::{BatchJob, BatchOut, BatchWorker, ChatDone, ChatEvent, ChatJob, ChatWorker};
 use crate::{unix_now, AppState};
 use axum::body::Bytes;
@@ -446,7 +446,7 @@ fn gen_usage(st: &AppState, g: &Gen, d: &ChatDone) -> Result<Usage, ApiError> {
             cached_tokens: gen.cached_tokens,
         }),
         cost_usd: p.local_usd(secs),
-        reference_cost_usd: Pricing::hosted_usd(&p.reference, &g.reference_input, &gen.text)?,
+        reference_cost_usd: p.hosted_usd(&p.reference, &g.reference_input, &gen.text)?,
         reference_model: p.reference.name.clone(),
     };
     st.metrics
@@ -699,11 +699,7 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
             completion_tokens: answer.completion_tokens,
             total_tokens: answer.prompt_tokens + answer.completion_tokens,
             cost_usd: p.local_usd(*secs),
-            reference_cost_usd: Pricing::hosted_usd(
-                &p.reference,
-                &g.reference_input,
-                &answer.text,
-            )?,
+            reference_cost_usd: p.hosted_usd(&p.reference, &g.reference_input, &answer.text)?,
             reference_model: p.reference.name.clone(),
         };
         st.metrics
@@ -978,21 +974,9 @@ async fn route_chat(
 fn upstream_usd(st: &AppState, up: &Value, input: &str, output: &str) -> Result<f64, ApiError> {
     let p = &st.cfg.pricing;
     let price = p.upstream.as_ref().unwrap_or(&p.reference);
-    match (
-        up["usage"]["prompt_tokens"].as_u64(),
-        up["usage"]["completion_tokens"].as_u64(),
-    ) {
-        (Some(i), Some(o)) if price.input_usd_per_mtok.is_some() => {
-            Ok(frugal_cost::request::HostedCost::of(
-                price,
-                frugal_cost::request::Tokens {
-                    input: i as usize,
-                    output: o as usize,
-                },
-            )
-            .map_or(0.0, |c| c.usd))
-        }
-        _ => Pricing::hosted_usd(price, input, output),
+    match p.reported_usd(price, &up["usage"]) {
+        Some(usd) => Ok(usd),
+        None => p.hosted_usd(price, input, output),
     }
 }
 
@@ -1116,7 +1100,7 @@ async fn embeddings_inner(
         completion_tokens: 0,
         total_tokens: tokens,
         cost_usd: p.local_usd(out.compute_secs),
-        reference_cost_usd: Pricing::hosted_usd(&p.embed_reference, &joined, "")?,
+        reference_cost_usd: p.hosted_usd(&p.embed_reference, &joined, "")?,
         reference_model: p.embed_reference.name.clone(),
     };
     st.metrics.add_tokens(&req.model, "input", tokens);
@@ -1183,7 +1167,7 @@ async fn classify_inner(
     let mut data: Vec<Value> = vec![];
     for (i, (probs, _)) in out.rows.iter().enumerate() {
         let c = classification(i, probs, labels);
-        reference += Pricing::hosted_usd(&p.reference, &texts[i], &c.label)?;
+        reference += p.hosted_usd(&p.reference, &texts[i], &c.label)?;
         let mut item = serde_json::to_value(&c).expect("serialisable");
         item["answered_by"] = json!(name);
         data.push(item);

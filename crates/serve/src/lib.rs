@@ -354,6 +354,7 @@ mod tests {
             "gpt-4o",
             "text-embedding-3-small",
             None,
+            frugal_cost::request::Billing::default(),
         )
         .unwrap();
         ServeConfig {

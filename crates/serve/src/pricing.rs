@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use frugal_cost::catalog::{Catalog, ModelPrice};
 use frugal_cost::hardware::{Energy, Profiles};
-use frugal_cost::request::{HostedCost, Tokens};
+use frugal_cost::request::{Billing, HostedCost, Tokens};
 
 /// Prices in force for this server.
 pub struct Pricing {
@@ -20,6 +20,8 @@ pub struct Pricing {
     pub price_basis: String,
     /// What prices the cascade's upstream answers (its `price_as`), when not the reference.
     pub upstream: Option<ModelPrice>,
+    /// How hosted requests are billed (cached input, batch API, reasoning tokens).
+    pub billing: Billing,
 }
 
 impl Pricing {
@@ -30,10 +32,12 @@ impl Pricing {
         reference: &str,
         embed_reference: &str,
         usd_per_hour: Option<f64>,
+        billing: Billing,
     ) -> Result<Pricing, String> {
+        billing.check()?;
         let get = |name: &str, flag: &str| -> Result<ModelPrice, String> {
             let p = catalog.get(name).map_err(|e| format!("{flag}: {e}"))?;
-            if p.input_usd_per_mtok.is_none() {
+            if !p.per_token() {
                 return Err(format!(
                     "{flag} {name}: a local model has no hosted price; name a hosted model (frugal tokens --list)"
                 ));
@@ -49,6 +53,7 @@ impl Pricing {
             energy: profiles.energy.clone(),
             price_basis: me.price_basis,
             upstream: None,
+            billing,
         })
     }
 
@@ -57,7 +62,7 @@ impl Pricing {
         let p = catalog
             .get(name)
             .map_err(|e| format!("--route: upstream.price_as: {e}"))?;
-        if p.input_usd_per_mtok.is_none() {
+        if !p.per_token() {
             return Err(format!(
                 "--route: upstream.price_as `{name}` is a local model; name a hosted model (frugal tokens --list)"
             ));
@@ -66,14 +71,41 @@ impl Pricing {
         Ok(())
     }
 
+    /// What `price` charges for a response whose `usage` the provider reported (OpenAI's shape:
+    /// prompt and completion tokens, cached prompt tokens); `None` when it reported none.
+    pub fn reported_usd(&self, price: &ModelPrice, usage: &serde_json::Value) -> Option<f64> {
+        let (i, o) = (
+            usage["prompt_tokens"].as_u64()?,
+            usage["completion_tokens"].as_u64()?,
+        );
+        let reported_cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+        let t = Tokens {
+            input: i as usize,
+            output: o as usize,
+        };
+        let mut u = self.billing.usage(price, t);
+        // Completion tokens already include reasoning; a reported cache share wins over ours.
+        u.reasoning = 0;
+        if let Some(c) = reported_cached {
+            u.cached_input = (c as usize).min(u.input);
+        }
+        HostedCost::bill(price, u, self.billing.batch).map(|c| c.usd)
+    }
+
     /// USD for `secs` of this machine: its hourly price plus the energy drawn.
     pub fn local_usd(&self, secs: f64) -> f64 {
         let kwh = self.watts * secs * self.energy.pue / 3.6e6;
         secs * self.usd_per_hour / 3600.0 + kwh * self.energy.usd_per_kwh
     }
 
-    /// What `price` charges for `input` text in and `output` text out.
-    pub fn hosted_usd(price: &ModelPrice, input: &str, output: &str) -> Result<f64, ApiError> {
+    /// What `price` charges for `input` text in and `output` text out, billed as this server's
+    /// billing says.
+    pub fn hosted_usd(
+        &self,
+        price: &ModelPrice,
+        input: &str,
+        output: &str,
+    ) -> Result<f64, ApiError> {
         let count = |t: &str| {
             frugal_cost::text::count_tokens(&price.tokenizer, t)
                 .map(|(n, _)| n)
@@ -83,7 +115,7 @@ impl Pricing {
             input: count(input)?,
             output: count(output)?,
         };
-        Ok(HostedCost::of(price, t).map_or(0.0, |c| c.usd))
+        Ok(self.billing.cost(price, t).map_or(0.0, |c| c.usd))
     }
 }
 
