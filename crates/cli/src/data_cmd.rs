@@ -43,7 +43,7 @@ pub struct PrepareArgs {
     /// .jsonl/.csv/.tsv file.
     source: String,
     /// Folder for train.jsonl, valid.jsonl and test.jsonl.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: PathBuf,
     #[command(flatten)]
     fields: FieldArgs,

@@ -43,7 +43,7 @@ pub struct DistillArgs {
     #[arg(long)]
     test: Option<String>,
     /// Student checkpoint folder.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: PathBuf,
     /// The encoder the student's layers come from (default: the teacher checkpoint's; minilm for
     /// other teachers).

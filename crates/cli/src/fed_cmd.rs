@@ -139,7 +139,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Folder for the per-round checkpoint and the final classifier (`OUT/model`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: PathBuf,
     /// Continue an interrupted simulation from OUT (same flags).
     #[arg(long)]

@@ -275,7 +275,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Working folder: node data, certificates, logs, the initial and final (`OUT/model`) models.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: PathBuf,
     #[arg(long)]
     json: bool,

@@ -239,7 +239,7 @@ pub struct FewShotArgs {
     #[arg(long)]
     shots: usize,
     /// Checkpoint folder (encoders).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: Option<PathBuf>,
     /// Data to evaluate on: `spamassassin` (its test split) or a file (required for chat models).
     #[arg(long)]

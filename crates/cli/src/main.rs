@@ -156,6 +156,18 @@ pub fn non_negative_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// An `--out` folder: a path that is a folder or does not exist yet. An existing file is refused
+/// up front, so it is never moved aside or replaced by a checkpoint (clap value parser).
+pub fn out_dir(s: &str) -> Result<std::path::PathBuf, String> {
+    let p = std::path::PathBuf::from(s);
+    if p.exists() && !p.is_dir() {
+        return Err(format!(
+            "'{s}' is an existing file, not a folder: --out names the folder frugal writes into; choose another path"
+        ));
+    }
+    Ok(p)
+}
+
 fn positive(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
     if v.is_finite() && v > 0.0 {
@@ -182,8 +194,27 @@ pub struct Ctx {
     pub precision: frugal_models::lowp::Precision,
 }
 
+/// A reader that went away (`frugal cost | head -1`) ends the program quietly: `println!`
+/// panics on a closed pipe, and that is no error of ours.
+fn quiet_on_broken_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info)
+    }));
+}
+
 fn main() {
     tune_allocator();
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("FRUGAL_LOG"))

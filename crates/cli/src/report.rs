@@ -46,7 +46,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     fields: FieldArgs,
     /// Where report.md, report.json and the per-alternative results go.
-    #[arg(long, default_value = "report")]
+    #[arg(long, default_value = "report", value_parser = crate::out_dir)]
     out: PathBuf,
     /// The hosted model the alternatives are compared with.
     #[arg(long, default_value = "gpt-4o")]
@@ -347,6 +347,12 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     for (i, name) in names.into_iter().enumerate() {
         let key = match name {
             "zeroshot" => format!("{name}|{common}|{:?}", a.labels),
+            // The reference's price depends on how it is billed (cached input, batch…).
+            "reference" if pricing.billing != Default::default() => format!(
+                "{name}|{common}|{}|{}",
+                a.reference,
+                pricing.billing.describe()
+            ),
             _ => format!("{name}|{common}|{}", a.reference),
         };
         let file = rows_dir.join(format!("{name}.json"));
@@ -419,6 +425,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         "test_examples": task.test.len(),
         "labels": task.labels,
         "reference": a.reference,
+        "reference_billing": pricing.billing,
         "machine": {"usd_per_hour": pricing.usd_per_hour, "basis": pricing.price_basis, "watts": pricing.watts, "threads": ctx.threads},
         "instance": {
             "name": instance.name,

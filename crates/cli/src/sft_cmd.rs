@@ -48,7 +48,7 @@ pub struct SftTrainArgs {
     #[arg(long)]
     valid: Option<String>,
     /// Where the adapter goes (adapter.safetensors + adapter.json).
-    #[arg(long, required = true)]
+    #[arg(long, required = true, value_parser = crate::out_dir)]
     out: Option<PathBuf>,
     /// LoRA rank.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]

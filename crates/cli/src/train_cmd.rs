@@ -51,7 +51,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "head")]
     mode: ModeArg,
     /// Checkpoint folder (the best epoch by validation macro-F1 is kept).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::out_dir)]
     out: PathBuf,
     #[arg(long)]
     epochs: Option<u32>,

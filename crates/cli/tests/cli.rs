@@ -454,3 +454,25 @@ fn a_closed_pipe_ends_generation_quietly() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("error"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_out_folder_that_is_an_existing_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes");
+    std::fs::write(&notes, "my notes").unwrap();
+    for args in [
+        vec!["train", "--data", "spamassassin", "--mode", "head", "--out"],
+        vec!["report", "--out"],
+        vec!["fed", "simulate", "--out"],
+    ] {
+        let mut args: Vec<&str> = args;
+        args.push(notes.to_str().unwrap());
+        fails_with(
+            &frugal().args(&args).output().unwrap(),
+            &["--out", "existing file, not a folder"],
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "nothing beside the user's file");
+}

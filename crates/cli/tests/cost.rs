@@ -272,6 +272,20 @@ fn todays_models_are_priced_from_the_real_map_as_a_hand_calculation_says() {
                 .contains("LiteLLM price map, litellm 1.110.2, released 2026-11-20"));
         }
     }
+    // OpenAI's newer models count with o200k, exactly; Anthropic's by the stated ratio.
+    let t = &ok_json(&["tokens", "--model", "gpt-5", "--json", "hello world"])[0];
+    assert_eq!(
+        (t["tokenizer"].as_str(), t["method"].as_str()),
+        (Some("o200k_base"), Some("exact"))
+    );
+    let t = &ok_json(&[
+        "tokens",
+        "--model",
+        "claude-sonnet-4-5",
+        "--json",
+        "one two three",
+    ])[0];
+    assert_eq!(t["method"].as_str(), Some("estimated from words"));
     // Provider prefixes and dated snapshots resolve to the same entries.
     for (name, want) in [
         ("openai/gpt-5", "gpt-5"),
@@ -522,5 +536,26 @@ fn without_the_map_frugals_own_catalog_still_works() {
             .output()
             .unwrap(),
         &["--price-map", "/nonexistent/prices.json", "cannot read"],
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::io::Read;
+    // About 1 MB of table: more than a pipe holds, so the write meets the closed pipe.
+    let mut child = frugal()
+        .args(["tokens", "--list", "--all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panicked"),
+        "{:?} {err}",
+        out.status
     );
 }

@@ -1053,3 +1053,52 @@ fn route_calibrate_picks_the_cheapest_threshold_that_keeps_quality() {
         &["no answer for a text"],
     );
 }
+
+#[test]
+fn clients_that_go_away_leave_the_flight_count_and_are_counted_once() {
+    let s = Server::start(&["--model", "smollm2"]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    for _ in 0..3 {
+        // curl gives up after 0.3 s, long before 300 tokens are written.
+        let (code, _) = curl(
+            &[
+                "-s",
+                "--max-time",
+                "0.3",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                "@-",
+                &url,
+            ],
+            Some(chat_body("smollm2", "Write a long story about a lighthouse.", 300).as_bytes()),
+        );
+        assert_eq!(code, 0, "the client gave up before an answer");
+    }
+    let t0 = Instant::now();
+    let metrics = loop {
+        let (_, m) = s.get("/metrics");
+        let in_flight = m
+            .lines()
+            .find(|l| l.starts_with("frugal_in_flight_requests "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok());
+        // The /metrics request itself is in flight while it is answered.
+        if in_flight == Some(1.0) || t0.elapsed() > Duration::from_secs(60) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        metrics.contains("frugal_in_flight_requests 1"),
+        "disconnected requests still in flight: {metrics}"
+    );
+    let closed = metrics
+        .lines()
+        .find(|l| l.contains("/v1/chat/completions") && l.contains("status=\"499\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(closed, Some(3.0), "{metrics}");
+}

@@ -232,11 +232,20 @@ pub fn parse_spec(text: &str, file: &str) -> Result<Spec> {
 }
 
 /// Computes every scenario and the break-even volumes between each pair.
+/// The most scenarios one spec may hold (break-even pairs grow with the square).
+pub const MAX_SCENARIOS: usize = 100;
+
 pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<Report> {
     let years = check(spec.horizon_years, "horizon_years")?;
     let rpy = check(spec.requests_per_year, "requests_per_year")?;
     if years == 0.0 {
         return Err(Error::Invalid("horizon_years must be more than 0".into()));
+    }
+    if spec.scenarios.len() > MAX_SCENARIOS {
+        return Err(Error::Invalid(format!(
+            "{} scenarios: at most {MAX_SCENARIOS} (the break-even table compares every pair); split the spec",
+            spec.scenarios.len()
+        )));
     }
     let e = &profiles.energy;
     let mut results = vec![];
@@ -407,6 +416,21 @@ pub fn evaluate(spec: &Spec, catalog: &Catalog, profiles: &Profiles) -> Result<R
         let kg_co2 = (serving_kwh
             + training_kwh * (1.0 + mt.retrains_per_year * mt.retrain_fraction * years))
             * e.kg_co2_per_kwh;
+        // Finite inputs can still overflow (horizon_years = 1e308): refuse, never print inf/NaN.
+        let figures = d.parts().into_iter().chain([
+            ("total", total),
+            ("carbon", kg_co2),
+            ("cost per request", variable),
+            ("requests over the horizon", requests),
+        ]);
+        for (what, v) in figures {
+            if !v.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "scenario '{}': the {what} comes out as {v}: the inputs are too large to compute with (check horizon_years, requests_per_year and this scenario's numbers)",
+                    s.name
+                )));
+            }
+        }
         results.push(ScenarioResult {
             name: s.name.clone(),
             usd_per_request: if requests > 0.0 {
@@ -594,5 +618,59 @@ talent = [{ role = "ML engineer", salary_usd = 100000, fte = 0.1 }]
             .unwrap_err()
             .to_string()
             .contains("gpt-5o"));
+    }
+
+    #[test]
+    fn serving_bills_cached_batch_and_reasoning_tokens_like_cost() {
+        let c = Catalog::builtin().with_price_map(crate::price_map::tests::fixture());
+        let mut s = spec();
+        let sv = &mut s.scenarios[0].serving;
+        sv.api_model = Some("gpt-5".into());
+        sv.cached_share = 0.5;
+        sv.batch = true;
+        sv.reasoning_tokens = 1000.0;
+        let r = evaluate(&s, &c, &Profiles::builtin()).unwrap();
+        // Batch: 500 × $0.625 + 500 cached × $0.125 (no batch cached price in the fixture) +
+        // (500 out + 1000 reasoning) × $5, per 1M.
+        let want = (500.0 * 0.625 + 500.0 * 0.125 + 1500.0 * 5.0) / 1e6;
+        let got = r.scenarios[0].variable_usd_per_request;
+        assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        assert!(r.scenarios[0]
+            .explain
+            .iter()
+            .any(|l| l.contains("1000 reasoning")));
+        let mut s = spec();
+        s.scenarios[0].serving.cached_share = 1.5;
+        let e = evaluate(&s, &c, &Profiles::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("serving") && e.contains("cached_share"), "{e}");
+    }
+
+    #[test]
+    fn overflowing_inputs_and_too_many_scenarios_are_refused() {
+        let mut s = spec();
+        s.horizon_years = 1e308;
+        let e = evaluate(&s, &Catalog::builtin(), &Profiles::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("too large") && e.contains("horizon_years"),
+            "{e}"
+        );
+        let mut s = spec();
+        s.scenarios[0].serving.input_tokens = 1e300;
+        s.requests_per_year = 1e300;
+        let e = evaluate(&s, &Catalog::builtin(), &Profiles::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'api'") && e.contains("inf"), "{e}");
+        let mut s = spec();
+        let one = s.scenarios[0].clone();
+        s.scenarios = vec![one; MAX_SCENARIOS + 1];
+        let e = evaluate(&s, &Catalog::builtin(), &Profiles::builtin())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 100"), "{e}");
     }
 }

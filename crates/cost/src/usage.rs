@@ -88,34 +88,22 @@ fn count(v: &Value, key: &str, file: &str, line: usize) -> Result<u64> {
     }
 }
 
-fn collect(v: &Value, line: usize, file: &str, out: &mut Vec<UsageRecord>) -> Result<()> {
-    // Pages hold buckets; buckets hold results.
-    for key in ["data", "results"] {
-        if let Some(items) = v.get(key).and_then(Value::as_array) {
-            for item in items {
-                collect(item, line, file, out)?;
-            }
-            return Ok(());
+/// The tokens a provider reports in a `usage` object, in any of the shapes it comes in: Chat
+/// Completions (`prompt_tokens`, `completion_tokens`, their `_details`), Anthropic Messages
+/// (`input_tokens` without the cache reads and writes), OpenAI's usage API and Responses
+/// (`input_tokens`, `input_cached_tokens` or `input_tokens_details`). Returns the tokens as
+/// billed (output includes reasoning) and, apart, the reasoning tokens among the output.
+pub fn response_usage(u: &Value) -> std::result::Result<(Usage, u64), String> {
+    let field = |v: &Value, key: &str| -> std::result::Result<u64, String> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(0),
+            Some(x) => x
+                .as_u64()
+                .ok_or_else(|| format!("`{key}` = {x} is not a whole number of tokens")),
         }
-    }
-    let model = v.get("model").and_then(Value::as_str);
-    let (u, requests) = match v.get("usage") {
-        // A logged API response.
-        Some(u) if u.is_object() => (u, 1),
-        _ if v.get("input_tokens").is_some() || v.get("output_tokens").is_some() => {
-            (v, count(v, "num_model_requests", file, line)?.max(1))
-        }
-        _ => return Ok(()),
     };
-    let model = model.ok_or_else(|| {
-        bad(
-            file,
-            line,
-            "no `model`: export the usage grouped by model (OpenAI: group_by=model)",
-        )
-    })?;
-    let c = |k: &str| count(u, k, file, line);
-    let details = |outer: &str, k: &str| u.get(outer).map_or(Ok(0), |d| count(d, k, file, line));
+    let c = |k: &str| field(u, k);
+    let details = |outer: &str, k: &str| u.get(outer).map_or(Ok(0), |d| field(d, k));
     let (input, cached, output, reasoning) = if u.get("prompt_tokens").is_some() {
         // Chat Completions.
         (
@@ -144,6 +132,45 @@ fn collect(v: &Value, line: usize, file: &str, out: &mut Vec<UsageRecord>) -> Re
             details("output_tokens_details", "reasoning_tokens")?,
         )
     };
+    Ok((
+        Usage {
+            input: input as usize,
+            cached_input: cached as usize,
+            output: output as usize,
+            reasoning: 0,
+        },
+        reasoning,
+    ))
+}
+
+fn collect(v: &Value, line: usize, file: &str, out: &mut Vec<UsageRecord>) -> Result<()> {
+    // Pages hold buckets; buckets hold results.
+    for key in ["data", "results"] {
+        if let Some(items) = v.get(key).and_then(Value::as_array) {
+            for item in items {
+                collect(item, line, file, out)?;
+            }
+            return Ok(());
+        }
+    }
+    let model = v.get("model").and_then(Value::as_str);
+    let (u, requests) = match v.get("usage") {
+        // A logged API response.
+        Some(u) if u.is_object() => (u, 1),
+        _ if v.get("input_tokens").is_some() || v.get("output_tokens").is_some() => {
+            (v, count(v, "num_model_requests", file, line)?.max(1))
+        }
+        _ => return Ok(()),
+    };
+    let model = model.ok_or_else(|| {
+        bad(
+            file,
+            line,
+            "no `model`: export the usage grouped by model (OpenAI: group_by=model)",
+        )
+    })?;
+    let (usage, reasoning) = response_usage(u).map_err(|e| bad(file, line, e))?;
+    let (input, cached) = (usage.input, usage.cached_input);
     if cached > input {
         return Err(bad(
             file,
@@ -155,12 +182,7 @@ fn collect(v: &Value, line: usize, file: &str, out: &mut Vec<UsageRecord>) -> Re
         line,
         model: model.to_string(),
         requests,
-        usage: Usage {
-            input: input as usize,
-            cached_input: cached as usize,
-            output: output as usize,
-            reasoning: 0,
-        },
+        usage,
         reasoning_in_output: reasoning,
         batch: v.get("batch").and_then(Value::as_bool).unwrap_or(false),
     });

@@ -45,24 +45,58 @@ pub async fn track(State(st): S, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let resp = if authorised(&st, &req, &endpoint) {
         st.metrics.in_flight.inc();
+        // A client that goes away drops this future mid-request: the guard still takes the
+        // request out of flight and counts it once, as 499 (client closed request).
+        let mut guard = InFlight {
+            st: st.clone(),
+            endpoint: endpoint.clone(),
+            t0,
+            armed: true,
+        };
         let r = next.run(req).await;
+        guard.armed = false;
         st.metrics.in_flight.dec();
         r
     } else {
         ApiError::unauthorized().into_response()
     };
+    count_request(&st, &endpoint, resp.status().as_u16(), t0);
+    resp
+}
+
+/// Status counted for a request whose client disconnected before the answer (nginx's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+struct InFlight {
+    st: Arc<AppState>,
+    endpoint: String,
+    t0: Instant,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.armed {
+            self.st.metrics.in_flight.dec();
+            count_request(&self.st, &self.endpoint, CLIENT_CLOSED, self.t0);
+        }
+    }
+}
+
+fn count_request(st: &AppState, endpoint: &str, status: u16, t0: Instant) {
     st.metrics
         .requests
         .get_or_create(&RequestLabels {
-            endpoint: endpoint.clone(),
-            status: resp.status().as_u16(),
+            endpoint: endpoint.to_string(),
+            status,
         })
         .inc();
     st.metrics
         .latency
-        .get_or_create(&EndpointLabels { endpoint })
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.to_string(),
+        })
         .observe(t0.elapsed().as_secs_f64());
-    resp
 }
 
 fn authorised(st: &AppState, req: &Request, endpoint: &str) -> bool {

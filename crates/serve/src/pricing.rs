@@ -71,24 +71,27 @@ impl Pricing {
         Ok(())
     }
 
-    /// What `price` charges for a response whose `usage` the provider reported (OpenAI's shape:
-    /// prompt and completion tokens, cached prompt tokens); `None` when it reported none.
+    /// What `price` charges for a response whose `usage` the provider reported (any shape
+    /// `frugal_cost::usage::response_usage` reads; its cached tokens win over this server's
+    /// cached share); `None` when it reported no tokens.
     pub fn reported_usd(&self, price: &ModelPrice, usage: &serde_json::Value) -> Option<f64> {
-        let (i, o) = (
-            usage["prompt_tokens"].as_u64()?,
-            usage["completion_tokens"].as_u64()?,
-        );
-        let reported_cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
-        let t = Tokens {
-            input: i as usize,
-            output: o as usize,
-        };
-        let mut u = self.billing.usage(price, t);
-        // Completion tokens already include reasoning; a reported cache share wins over ours.
-        u.reasoning = 0;
-        if let Some(c) = reported_cached {
-            u.cached_input = (c as usize).min(u.input);
+        let (mut u, _) = frugal_cost::usage::response_usage(usage).ok()?;
+        if u.input + u.output == 0 {
+            return None;
         }
+        if u.cached_input == 0 {
+            u.cached_input = self
+                .billing
+                .usage(
+                    price,
+                    Tokens {
+                        input: u.input,
+                        output: u.output,
+                    },
+                )
+                .cached_input;
+        }
+        u.cached_input = u.cached_input.min(u.input);
         HostedCost::bill(price, u, self.billing.batch).map(|c| c.usd)
     }
 
@@ -132,4 +135,31 @@ pub fn chat_text(messages: &[(String, String)]) -> String {
     }
     s.push_str("assistant\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstreams_reported_usage_is_billed_as_reported() {
+        let p = Pricing::new(
+            &Catalog::builtin(),
+            &Profiles::builtin(),
+            "gpt-4o",
+            "text-embedding-3-small",
+            None,
+            Billing::default(),
+        )
+        .unwrap();
+        let usage = serde_json::json!({"prompt_tokens": 1000, "completion_tokens": 100,
+            "completion_tokens_details": {"reasoning_tokens": 40}});
+        let usd = p.reported_usd(&p.reference, &usage).unwrap();
+        // Completion tokens already include reasoning: 1000 × $2.5 + 100 × $10, per 1M.
+        assert!((usd - (2500.0 + 1000.0) / 1e6).abs() < 1e-15);
+        assert_eq!(p.reported_usd(&p.reference, &serde_json::Value::Null), None);
+        assert!(p
+            .reported_usd(&p.reference, &serde_json::json!({"prompt_tokens": -1}))
+            .is_none());
+    }
 }

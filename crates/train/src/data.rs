@@ -71,9 +71,36 @@ fn check_text(path: &Path, line: usize, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn load_jsonl(path: &Path, fields: &Fields) -> Result<Vec<Example>> {
-    let content = std::fs::read_to_string(path)
+/// A text file's content without a leading byte-order mark (editors on Windows write one; it is
+/// not part of the first line's JSON or text).
+pub fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
         .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+/// A CSV reader's error with the one line number it happened on (the csv crate's own message
+/// carries a record number and a line of its own).
+fn csv_error(path: &Path, e: &csv::Error) -> Error {
+    let line = e.position().map(|p| p.line());
+    let what = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("{len} fields, but the header has {expected_len}"),
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+        _ => e.to_string(),
+    };
+    match line {
+        Some(l) => Error::data(path, format!("line {l}: {what}")),
+        None => Error::data(path, what),
+    }
+}
+
+fn load_jsonl(path: &Path, fields: &Fields) -> Result<Vec<Example>> {
+    let content = read_text(path)?;
     let mut out = vec![];
     for (i, line) in content.lines().enumerate() {
         let n = i + 1;
@@ -139,9 +166,9 @@ fn load_delimited(path: &Path, fields: &Fields, delimiter: u8) -> Result<Vec<Exa
         Some(col(&fields.label)?)
     };
     let mut out = vec![];
-    for (i, rec) in rdr.records().enumerate() {
-        let n = i + 2;
-        let rec = rec.map_err(|e| Error::data(path, format!("line {n}: {e}")))?;
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| csv_error(path, &e))?;
+        let n = rec.position().map_or(0, |p| p.line() as usize);
         let text = rec.get(ti).unwrap_or("").to_string();
         check_text(path, n, &text)?;
         out.push(Example {
@@ -159,8 +186,7 @@ pub fn load_texts(path: &Path, text_field: &str) -> Result<Vec<String>> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
     let texts: Vec<String> = if is_txt {
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::data(path, format!("cannot read: {e}")))?
+        read_text(path)?
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(String::from)
@@ -425,6 +451,36 @@ mod tests {
             text: text.into(),
             label: label.into(),
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bom.jsonl");
+        std::fs::write(&f, "\u{feff}{\"text\": \"hi\", \"label\": \"a\"}\n").unwrap();
+        let fields = Fields {
+            text: "text".into(),
+            label: "label".into(),
+        };
+        assert_eq!(load(&f, &fields).unwrap(), vec![ex("hi", "a")]);
+        let f = dir.path().join("bom.txt");
+        std::fs::write(&f, "\u{feff}first\nsecond\n").unwrap();
+        assert_eq!(load_texts(&f, "text").unwrap(), ["first", "second"]);
+    }
+
+    #[test]
+    fn a_csv_error_names_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.csv");
+        // A quoted field spanning two lines: the bad record is on line 4, the third record.
+        std::fs::write(&f, "text,label\n\"one\ntwo\",a\nthree,b,extra\n").unwrap();
+        let fields = Fields {
+            text: "text".into(),
+            label: "label".into(),
+        };
+        let e = load(&f, &fields).unwrap_err().to_string();
+        assert!(e.contains("line 4: 3 fields, but the header has 2"), "{e}");
+        assert!(!e.contains("line: "), "one line number: {e}");
     }
 
     #[test]

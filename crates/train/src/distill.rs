@@ -218,8 +218,7 @@ pub struct BroughtOutputs {
 /// {label: p}}`. Labels are all labels that occur; probabilities that do not sum to 1 are
 /// renormalised (and counted), negative ones are refused.
 pub fn read_outputs(path: &Path) -> Result<BroughtOutputs> {
-    let content = std::fs::read_to_string(path)
-        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let content = crate::data::read_text(path)?;
     let mut rows: Vec<(String, BTreeMap<String, f64>)> = vec![];
     for (i, line) in content.lines().enumerate() {
         let n = i + 1;

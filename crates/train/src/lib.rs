@@ -67,6 +67,12 @@ pub(crate) fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let io = |p: &Path, e: std::io::Error| Error::data(p, format!("cannot write: {e}"));
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::data(
+            dir,
+            "is an existing file, not a folder: it is left as it is; write the checkpoint to another path",
+        ));
+    }
     std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);

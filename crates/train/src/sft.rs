@@ -54,8 +54,7 @@ struct RawMessage {
 /// Reads JSONL of `{"prompt", "answer"}` or `{"messages": [...]}` (OpenAI's chat shape, the last
 /// assistant turn being the answer). Errors name the file, the line and the fix.
 pub fn load(path: &Path) -> Result<Vec<SftExample>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let text = crate::data::read_text(path)?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

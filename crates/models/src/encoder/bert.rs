@@ -35,6 +35,48 @@ pub struct BertConfig {
     pub attention_probs_dropout_prob: f32,
 }
 
+impl BertConfig {
+    /// Sizes a forward pass can run with: at least one layer and one head, the hidden size a
+    /// multiple of the heads, an epsilon and dropouts in range. The error names the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((f, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{f} is 0; it must be at least 1"));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps {} must be a small positive number",
+                self.layer_norm_eps
+            ));
+        }
+        for (f, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{f} {p} must be in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_dropout() -> f32 {
     0.1
 }
@@ -550,6 +592,40 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    #[test]
+    fn configs_a_forward_pass_cannot_run_are_refused_by_field() {
+        let cfg = |extra: &str| -> BertConfig {
+            serde_json::from_str(&format!(
+                r#"{{"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "max_position_embeddings": 20, {extra}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(cfg(r#""num_hidden_layers": 2, "num_attention_heads": 4"#)
+            .check()
+            .is_ok());
+        for (extra, field) in [
+            (
+                r#""num_hidden_layers": 2, "num_attention_heads": 0"#,
+                "num_attention_heads is 0",
+            ),
+            (
+                r#""num_hidden_layers": 0, "num_attention_heads": 4"#,
+                "num_hidden_layers is 0",
+            ),
+            (
+                r#""num_hidden_layers": 2, "num_attention_heads": 5"#,
+                "not a multiple",
+            ),
+            (
+                r#""num_hidden_layers": 2, "num_attention_heads": 4, "layer_norm_eps": -1"#,
+                "layer_norm_eps",
+            ),
+        ] {
+            let e = cfg(extra).check().unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
+    }
 
     fn tiny() -> (VarMap, Bert) {
         let config: BertConfig = serde_json::from_str(

@@ -114,6 +114,9 @@ impl Encoder {
                 ));
             }
         }
+        if let Err(why) = config.check() {
+            return Err(Error::file(dir.join("config.json"), why));
+        }
         if config.hidden_act != "gelu" {
             return Err(Error::file(
                 dir.join("config.json"),
