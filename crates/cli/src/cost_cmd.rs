@@ -377,7 +377,7 @@ fn check(catalog: &Catalog, json: bool) -> Result<()> {
         let diffs: Vec<String> = fields
             .iter()
             .filter_map(|(name, f)| match (f(own), f(theirs)) {
-                (Some(a), Some(b)) if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) => {
+                (Some(a), Some(b)) if !frugal_cost::catalog::prices_agree(a, b) => {
                     Some(format!("{name}: frugal ${a} vs map ${b}"))
                 }
                 _ => None,

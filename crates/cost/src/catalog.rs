@@ -460,11 +460,14 @@ fn map_counterpart<'a>(map: &'a PriceMap, m: &ModelPrice) -> Option<&'a ModelPri
         .find_map(|n| map.models.get(n))
 }
 
+/// Whether two prices are the same but for floating-point noise (a billionth, relative).
+pub fn prices_agree(x: f64, y: f64) -> bool {
+    (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+}
+
 fn same_base_prices(a: &ModelPrice, b: &ModelPrice) -> bool {
-    let eq = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
-        _ => false,
-    };
+    let eq =
+        |x: Option<f64>, y: Option<f64>| matches!((x, y), (Some(x), Some(y)) if prices_agree(x, y));
     eq(a.input_usd_per_mtok, b.input_usd_per_mtok)
         && eq(a.output_usd_per_mtok, b.output_usd_per_mtok)
 }
