@@ -266,11 +266,8 @@ impl ChatLabeller {
         let mut cache = model.new_cache();
         let mut out = vec![];
         for (i, text) in texts.iter().enumerate() {
-            let mut ids: Vec<u32> = tok
-                .encode(text)?
-                .into_iter()
-                .filter(|&t| Some(t) != tok.bos)
-                .collect();
+            // The text as plain text: a control token written in it is not one.
+            let mut ids: Vec<u32> = tok.encode_plain(&model.template.escape(text))?;
             ids.truncate(self.max_text_tokens);
             if ids.is_empty() {
                 ids = tok.encode(" ")?;

@@ -150,13 +150,7 @@ pub fn encode(
         let p_ids = model.tokenizer.encode(&prompt)?;
         // The answer tokenized on its own after the prompt: special tokens split at the
         // boundary in every template we know, so this equals the full text's tokens.
-        let mut a_ids = model
-            .tokenizer
-            .inner
-            .encode_fast(rest, false)
-            .map_err(|e| Error::Invalid(format!("tokenizing an answer: {e}")))?
-            .get_ids()
-            .to_vec();
+        let mut a_ids = model.tokenizer.encode_plain(rest)?;
         // Up to and including the end-of-turn token; what the template adds after it is not
         // something to predict.
         if let Some(end) = a_ids

@@ -144,11 +144,12 @@ impl ChatModel {
             .string("tokenizer.chat_template")
             .unwrap_or(template::CHATML)
             .to_string();
-        let template = ChatTemplate::new(
+        let mut template = ChatTemplate::new(
             &source,
             &tok_str(tokenizer.bos),
             &tok_str(Some(tokenizer.eos)),
         )?;
+        template.set_control_tokens(tokenizer.control_tokens());
         let name = meta
             .string("general.name")
             .map(String::from)

@@ -5,6 +5,7 @@
 //! leading space; we build the Hugging Face pipeline by hand, stage by stage.
 
 use super::llama::Meta;
+use super::template::LITERAL_BREAK;
 use crate::error::{tok_err, Error, Result};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -154,10 +155,11 @@ impl ChatTokenizer {
         })
     }
 
-    /// Token ids of `text`; special tokens written in the text (e.g. `<|im_start|>`) are parsed.
+    /// Token ids of `text`; special tokens written in the text (e.g. `<|im_start|>`) are parsed,
+    /// except where a chat template broke them with [`LITERAL_BREAK`] (message content): there
+    /// the text is split and the break dropped, so they read as plain text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         if self.add_bos {
             if let Some(b) = self.bos {
                 if !text.is_empty() {
@@ -165,8 +167,31 @@ impl ChatTokenizer {
                 }
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend(self.encode_plain(text)?);
         Ok(ids)
+    }
+
+    /// Token ids of `text` without a beginning-of-sequence token (a continuation), honouring
+    /// [`LITERAL_BREAK`] as `encode` does.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for piece in text.split(LITERAL_BREAK) {
+            if !piece.is_empty() {
+                let enc = self.inner.encode_fast(piece, false).map_err(tok_err)?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The control tokens' strings (special added tokens of the vocabulary).
+    pub fn control_tokens(&self) -> Vec<String> {
+        self.inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect()
     }
 
     /// Text of `ids`; special tokens are kept when `keep_special`.
