@@ -100,3 +100,55 @@ fn trainable_minilm_matches_inference_and_every_weight_gets_a_gradient() {
     );
     assert_eq!(vars_without_gradient(&varmap, &grads), Vec::<String>::new());
 }
+
+/// A text far longer than the model reads is cut before tokenising, and keeps exactly the
+/// tokens the whole text would give: compared with a head short enough not to be cut (any
+/// head holding more than max_len tokens truncates to the same ids).
+#[test]
+fn long_texts_keep_the_tokens_of_the_whole_text() {
+    let dir = Store::from_env().ensure("minilm").expect("fetch minilm");
+    let enc = Encoder::load(&dir).expect("load minilm");
+    let prose = "Large language models are expensive: data, compute, energy and talent. ";
+    let cases = [
+        prose.repeat(50_000),
+        "日本語のテキストも数えます。".repeat(100_000),
+        "!?.,;:()[]{}<>".repeat(100_000),
+        format!("{} tail words here", "a".repeat(5_000_000)),
+        format!("start {} end", "word\u{2028}".repeat(200_000)),
+        "ひらがな€😀。".repeat(200_000),
+        format!("{} end", "a\u{85}".repeat(1_000_000)),
+    ];
+    for text in &cases {
+        let short_head = &text[..text.char_indices().nth(2000).map_or(text.len(), |(i, _)| i)];
+        let (long, short) = (
+            &enc.tokenize(&[text.as_str()]).unwrap()[0],
+            &enc.tokenize(&[short_head]).unwrap()[0],
+        );
+        // Where the head holds the whole budget, the ids must be the same; where it does not
+        // (one long word), the whole text ends with words the head lacks, checked below.
+        if short.ids.len() == enc.max_len() {
+            assert_eq!(long.ids, short.ids, "{:?}…", &text[..40]);
+        }
+        assert!(long.truncated || long.ids.len() < enc.max_len());
+    }
+    // A word the normaliser joins across dropped control characters (U+0085, also Unicode
+    // whitespace) is one word: its last word is kept, never cut short.
+    for (text, want) in [
+        (format!("{} end", "a\u{85}".repeat(1_000_000)), "[UNK] end"),
+        (
+            format!("{} end", "a\u{200b}".repeat(1_000_000)),
+            "[UNK] end",
+        ),
+    ] {
+        let ids = &enc.tokenize(&[text.as_str()]).unwrap()[0].ids;
+        let want = &enc.tokenize(&[want]).unwrap()[0].ids;
+        assert_eq!(ids, want);
+    }
+    // One giant word is one [UNK], whole or cut.
+    let giant = format!("{} tail", "a".repeat(5_000_000));
+    let t = &enc.tokenize(&[giant.as_str()]).unwrap()[0];
+    let unk = &enc
+        .tokenize(&[&format!("{} tail", "a".repeat(300))])
+        .unwrap()[0];
+    assert_eq!(t.ids, unk.ids);
+}

@@ -57,6 +57,60 @@ pub struct Encoder {
     device: Device,
 }
 
+/// Longest run of word characters kept: BERT's WordPiece makes one `[UNK]` of any word over 100
+/// characters, so cutting a longer run to this length keeps its token.
+const LONGEST_WORD: usize = 256;
+
+/// What of `text` an encoder reading `max_tokens` tokens needs, and whether anything was cut.
+/// It counts a lower bound of the tokens the BERT tokeniser makes (its normaliser drops control
+/// characters; its pre-tokeniser splits at whitespace, punctuation and CJK ideographs): one per
+/// ASCII punctuation mark, per CJK ideograph, and per run between whitespace that holds a letter
+/// or digit. Keeping twice `max_tokens` of them plus a margin keeps every token the truncated
+/// encoding holds. A run of letters and digits past [`LONGEST_WORD`] is cut to it (the word is
+/// one `[UNK]` either way); control characters are dropped as the normaliser drops them. Texts
+/// under 32 bytes a token are returned as they are.
+pub fn text_head(text: &str, max_tokens: usize) -> (std::borrow::Cow<'_, str>, bool) {
+    if text.len() <= max_tokens.saturating_mul(32) {
+        return (text.into(), false);
+    }
+    let cjk = |c: char| {
+        ('\u{4e00}'..='\u{9fff}').contains(&c)
+            || ('\u{3400}'..='\u{4dbf}').contains(&c)
+            || ('\u{f900}'..='\u{faff}').contains(&c)
+    };
+    let want = max_tokens.saturating_mul(2) + 16;
+    let (mut units, mut counted, mut alnum_run) = (0usize, false, 0usize);
+    let mut out = String::with_capacity(want * 8);
+    for c in text.chars() {
+        if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+            continue;
+        }
+        if c.is_whitespace() {
+            (counted, alnum_run) = (false, 0);
+        } else if c.is_ascii_punctuation() || cjk(c) {
+            units += 1;
+            (counted, alnum_run) = (false, 0);
+        } else if c.is_alphanumeric() {
+            if !counted {
+                units += 1;
+                counted = true;
+            }
+            alnum_run += 1;
+            if alnum_run > LONGEST_WORD {
+                continue;
+            }
+        } else {
+            alnum_run = 0;
+        }
+        if units > want {
+            return (out.into(), true);
+        }
+        out.push(c);
+    }
+    let cut = out.len() < text.len();
+    (out.into(), cut)
+}
+
 /// Token ids of one text after truncation.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -271,16 +325,20 @@ impl Encoder {
         Ok(())
     }
 
-    /// Tokenises texts (truncating at the max length).
+    /// Tokenises texts (truncating at the max length). A text far longer than the model reads
+    /// is cut first to a head that still holds more than `max_len` tokens, so a 50 MB line costs
+    /// what its first few hundred words cost.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Tokens>> {
+        let heads: Vec<_> = texts.iter().map(|t| text_head(t, self.max_len)).collect();
         let encs = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(heads.iter().map(|h| h.0.as_ref()).collect::<Vec<_>>(), true)
             .map_err(tok_err)?;
         Ok(encs
             .into_iter()
-            .map(|e| Tokens {
-                truncated: !e.get_overflowing().is_empty(),
+            .zip(&heads)
+            .map(|(e, (_, cut))| Tokens {
+                truncated: *cut || !e.get_overflowing().is_empty(),
                 ids: e.get_ids().to_vec(),
             })
             .collect())
