@@ -1102,3 +1102,40 @@ fn clients_that_go_away_leave_the_flight_count_and_are_counted_once() {
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(closed, Some(3.0), "{metrics}");
 }
+
+#[test]
+fn slow_clients_and_huge_announced_bodies_do_not_hold_connections() {
+    use std::io::{Read, Write as _};
+    use std::net::TcpStream;
+    let s = Server::start(&["--model", "minilm"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let talk = |first: &[u8]| -> String {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        // Generous: the server's limits are 10 s; a connection it held would run into this.
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.write_all(first).unwrap();
+        let mut got = Vec::new();
+        match c.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server held the connection: {e}"),
+        }
+        String::from_utf8_lossy(&got).to_string()
+    };
+    // Headers that never end: the connection is closed.
+    talk(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n");
+    // A body announced far past the limit: refused before any of it is sent.
+    let r = talk(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    // A body that stalls: 408, and the server goes on serving.
+    let r = talk(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"input\":");
+    assert!(
+        r.starts_with("HTTP/1.1 408") && r.contains("stalled"),
+        "{r}"
+    );
+    let (code, v) = s.post(
+        "/v1/embeddings",
+        r#"{"model": "minilm", "input": "still here"}"#,
+    );
+    assert_eq!(code, 200, "{v}");
+}

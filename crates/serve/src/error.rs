@@ -90,6 +90,20 @@ impl ApiError {
     }
 
     /// 413: the body is larger than the server accepts.
+    /// 408: the request body stalled past the server's limit.
+    pub fn body_timeout() -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "invalid_request_error",
+            message: format!(
+                "the request body stalled: no bytes for {} s; send it whole",
+                crate::BODY_STALL_TIMEOUT.as_secs()
+            ),
+            param: None,
+            code: None,
+        }
+    }
+
     pub fn too_large(limit: usize) -> ApiError {
         ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,

@@ -43,6 +43,17 @@ pub async fn track(State(st): S, req: Request, next: Next) -> Response {
         _ => "other".to_string(),
     };
     let t0 = Instant::now();
+    // A body announced larger than the limit is refused before a byte of it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > st.cfg.max_body_bytes as u64) {
+        let resp = ApiError::too_large(st.cfg.max_body_bytes).into_response();
+        count_request(&st, &endpoint, resp.status().as_u16(), t0);
+        return resp;
+    }
     let resp = if authorised(&st, &req, &endpoint) {
         st.metrics.in_flight.inc();
         // A client that goes away drops this future mid-request: the guard still takes the
@@ -208,6 +219,11 @@ fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(st.cfg.max_body_bytes)
+        } else if std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("designated timeout"))
+            || e.to_string().contains("designated timeout")
+        {
+            ApiError::body_timeout()
         } else {
             ApiError::invalid(format!("cannot read the body: {e}"), None)
         }

@@ -151,7 +151,63 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             handlers::track,
         ))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        // A body that sends nothing for this long is cut off (408).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_STALL_TIMEOUT,
+        ))
         .with_state(state)
+}
+
+/// How long a client may take to send its request headers before the connection is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request body may stall (no bytes) before the request is refused with 408.
+pub const BODY_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes the requests in flight.
+/// Unlike `axum::serve`, a client that sends its headers slower than [`HEADER_READ_TIMEOUT`]
+/// loses its connection instead of holding it.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    // Out of file descriptors and the like: wait, then accept again.
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// A name for a model spec: `NAME=SPEC` names it; otherwise the asset name or file stem.
@@ -331,8 +387,7 @@ pub async fn run(
             Err(e)
         }
     });
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown);
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(serve_http(listener, app(state.clone()), shutdown));
     // A model that fails to load stops the server with its error.
     loading
         .await
