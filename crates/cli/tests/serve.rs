@@ -1139,3 +1139,45 @@ fn slow_clients_and_huge_announced_bodies_do_not_hold_connections() {
     );
     assert_eq!(code, 200, "{v}");
 }
+
+/// Decoding stops at the first token the client is no longer there to receive.
+#[test]
+fn a_generation_stops_when_its_client_goes_away() {
+    let s = Server::start(&["--model", "smollm2", "--chat-batch", "8"]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    // A long generation whose client gives up after 0.3 s ...
+    let (code, _) = curl(
+        &[
+            "-s",
+            "--max-time",
+            "0.3",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            &url,
+        ],
+        Some(
+            chat_body(
+                "smollm2",
+                "Write a very long story about a lighthouse.",
+                1000,
+            )
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(code, 0, "the client gave up before an answer");
+    // ... is not decoded beside the next request: had it gone on (about 1,000 steps), every step
+    // of this one would have run with it (decode_batch 2).
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("smollm2", "Name three colours.", 48),
+    );
+    assert_eq!(c, 200, "{v}");
+    let batch = v["frugal"]["decode_batch"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no decode_batch in {v}"));
+    assert!(batch < 1.5, "the abandoned generation kept decoding: {v}");
+}
