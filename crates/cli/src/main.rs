@@ -5,6 +5,7 @@ mod assets_cmd;
 mod bench;
 mod bench_all;
 mod bench_serve;
+mod cache_cmd;
 mod chart;
 mod chat;
 mod cost_cmd;
@@ -49,6 +50,9 @@ enum Command {
     /// Pinned models and data sets: list them, fetch them.
     #[command(subcommand)]
     Assets(assets_cmd::AssetsCmd),
+    /// The semantic cache measured offline: hits, false hits, recall on labelled pairs.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCmd),
     /// Sentence embeddings from an encoder (one text per argument, or one per stdin line).
     Embed(embed::EmbedArgs),
     /// Generate a completion from a GGUF chat model, streaming it.
@@ -249,6 +253,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Assets(c) => assets_cmd::run(c, &ctx),
+        Command::Cache(c) => cache_cmd::run(c, &ctx),
         Command::Embed(a) => embed::run(a, &ctx),
         Command::Generate(a) => generate::run(a, &ctx),
         Command::Chat(a) => chat::run(a, &ctx),

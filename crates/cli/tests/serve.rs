@@ -1181,3 +1181,68 @@ fn a_generation_stops_when_its_client_goes_away() {
         .unwrap_or_else(|| panic!("no decode_batch in {v}"));
     assert!(batch < 1.5, "the abandoned generation kept decoding: {v}");
 }
+
+#[test]
+fn cache_eval_measures_the_caches_rule_on_labelled_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        concat!(
+            "{\"text_a\": \"How do I reset my password?\", \"text_b\": \"How can I reset my password?\", \"label\": 1}\n",
+            "{\"text_a\": \"Is this mushroom safe to eat?\", \"text_b\": \"Is this mushroom not safe to eat?\", \"label\": 0}\n",
+            "{\"text_a\": \"What is the capital of France?\", \"text_b\": \"How do I bake sourdough bread?\", \"label\": 0}\n",
+        ),
+    )
+    .unwrap();
+    let out = frugal()
+        .args([
+            "cache",
+            "eval",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--threshold",
+            "0.8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The paraphrase is a hit; the negation is similar but guarded; the unrelated pair a miss.
+    assert_eq!(
+        (
+            v["hits"].as_u64(),
+            v["false_hits"].as_u64(),
+            v["guarded"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["recall"].as_f64(), v["false_hit_rate"].as_f64()),
+        (Some(1.0), Some(0.0))
+    );
+    assert_eq!(
+        v["threshold"].as_f64().map(|t| (t * 100.0).round()),
+        Some(80.0)
+    );
+    std::fs::write(
+        &pairs,
+        "{\"text_a\": \"a\", \"text_b\": \"b\", \"label\": 2}\n",
+    )
+    .unwrap();
+    let out = frugal()
+        .args(["cache", "eval", "--pairs", pairs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 1") && err.contains("label 2"),
+        "{err}"
+    );
+}

@@ -136,6 +136,92 @@ pub struct SemanticCache {
     entries: Mutex<VecDeque<Entry>>,
 }
 
+/// A labelled pair for measuring the cache's decision offline: `b` asked after `a` was answered.
+#[derive(Debug, Clone)]
+pub struct PairCase {
+    pub similarity: f32,
+    /// Whether the guard lets the two share an answer.
+    pub compatible: bool,
+    /// Whether they really ask the same thing.
+    pub same: bool,
+}
+
+impl PairCase {
+    /// The case of two texts and their embeddings.
+    pub fn of(a: &str, b: &str, va: &[f32], vb: &[f32], same: bool) -> PairCase {
+        PairCase {
+            similarity: cosine(va, vb),
+            compatible: compatible(a, b),
+            same,
+        }
+    }
+}
+
+/// What the cache's rule (similarity at or above `threshold`, then the guard) does on labelled
+/// pairs: hits, false hits (a hit on two different questions: someone else's answer), their
+/// share of hits, and recall (the share of true duplicates answered from the cache).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CacheEval {
+    pub threshold: f32,
+    pub pairs: usize,
+    pub hits: usize,
+    pub false_hits: usize,
+    pub false_hit_rate: f64,
+    pub recall: f64,
+    /// Pairs above the threshold that the guard refused.
+    pub guarded: usize,
+}
+
+/// Evaluates the decision rule at `threshold` on `cases`.
+pub fn evaluate(cases: &[PairCase], threshold: f32) -> CacheEval {
+    let (mut hits, mut false_hits, mut guarded, mut same_hits) = (0, 0, 0, 0);
+    for c in cases.iter().filter(|c| c.similarity >= threshold) {
+        if !c.compatible {
+            guarded += 1;
+            continue;
+        }
+        hits += 1;
+        if c.same {
+            same_hits += 1;
+        } else {
+            false_hits += 1;
+        }
+    }
+    let same = cases.iter().filter(|c| c.same).count();
+    CacheEval {
+        threshold,
+        pairs: cases.len(),
+        hits,
+        false_hits,
+        false_hit_rate: if hits == 0 {
+            0.0
+        } else {
+            false_hits as f64 / hits as f64
+        },
+        recall: if same == 0 {
+            0.0
+        } else {
+            same_hits as f64 / same as f64
+        },
+        guarded,
+    }
+}
+
+/// The lowest threshold (of the cases' own similarities) at which false hits are at most
+/// `max_false_hit_rate` of hits, with at least `min_hits` hits; `None` where none is.
+pub fn threshold_for(
+    cases: &[PairCase],
+    max_false_hit_rate: f64,
+    min_hits: usize,
+) -> Option<CacheEval> {
+    let mut sims: Vec<f32> = cases.iter().map(|c| c.similarity).collect();
+    sims.sort_by(|a, b| a.total_cmp(b));
+    sims.dedup();
+    sims.into_iter()
+        .map(|t| evaluate(cases, t))
+        .find(|e| e.hits >= min_hits && e.false_hit_rate <= max_false_hit_rate)
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -201,6 +287,37 @@ impl SemanticCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offline_evaluation_counts_hits_false_hits_and_recall_by_hand() {
+        let case = |similarity, compatible, same| PairCase {
+            similarity,
+            compatible,
+            same,
+        };
+        let cases = [
+            case(0.99, true, true),
+            case(0.97, true, false),
+            case(0.96, false, false),
+            case(0.93, true, true),
+            case(0.50, true, true),
+        ];
+        let e = evaluate(&cases, 0.95);
+        assert_eq!((e.hits, e.false_hits, e.guarded), (1 + 1, 1, 1));
+        assert!((e.false_hit_rate - 0.5).abs() < 1e-12);
+        assert!((e.recall - 1.0 / 3.0).abs() < 1e-12);
+        let t = threshold_for(&cases, 0.0, 1).unwrap();
+        assert_eq!((t.threshold, t.hits, t.false_hits), (0.99, 1, 0));
+        assert!(threshold_for(&cases, 0.0, 2).is_none());
+        let e = PairCase::of(
+            "is it safe",
+            "is it not safe",
+            &[1.0, 0.0],
+            &[1.0, 0.0],
+            false,
+        );
+        assert!(!e.compatible && (e.similarity - 1.0).abs() < 1e-6);
+    }
 
     fn answer(t: &str) -> CachedAnswer {
         CachedAnswer {
