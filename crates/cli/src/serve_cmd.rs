@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Most tokens one completion may generate.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
+    /// Most prompt tokens one request may send (0: the chat model's context window); a long
+    /// prompt is read in chunks between other requests' steps either way.
+    #[arg(long, default_value_t = 0)]
+    max_prompt_tokens: u32,
     /// Seconds a request may take, waiting included; generation stops there (finish `length`).
     #[arg(long, default_value_t = 300.0, value_parser = crate::non_negative_f64)]
     timeout: f64,
@@ -175,6 +179,7 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
         batch_wait: Duration::from_millis(a.batch_wait_ms),
         max_body_bytes: a.max_body_bytes,
         max_tokens: a.max_tokens as usize,
+        max_prompt_tokens: a.max_prompt_tokens as usize,
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
         pricing,
         route,

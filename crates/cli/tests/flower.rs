@@ -148,7 +148,7 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
     let train = subset(dir.path(), "train", 9);
     let out = dir.path().join("up");
     let mut up = start_up(
-        &["--nodes", "3", "--min-nodes", "2", "--rounds", "5"],
+        &["--nodes", "3", "--min-nodes", "2", "--rounds", "8"],
         &train,
         &out,
     );
@@ -177,8 +177,9 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
         .status()
         .unwrap();
     assert!(killed.success());
-    // ... and, while the run is surely on, a node given another CA is told what failed (the
-    // check comes first: a federation of small nodes can finish its rounds within seconds) ...
+    // ... and, while the run is on (8 rounds: a federation of small nodes finishes a round in
+    // seconds, and both nodes below must meet it running), a node given another CA is told
+    // what failed ...
     let (addr, ca) = superlink_of(&out).unwrap();
     let other = dir.path().join("other-ca.pem");
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -224,7 +225,7 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(
-        v["history"]["evaluate"]["5"]["accuracy"].as_f64().is_some(),
+        v["history"]["evaluate"]["8"]["accuracy"].as_f64().is_some(),
         "{v}"
     );
     let server = std::fs::read_to_string(out.join("logs/serverapp.log")).unwrap();

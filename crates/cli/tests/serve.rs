@@ -1246,3 +1246,107 @@ fn cache_eval_measures_the_caches_rule_on_labelled_pairs() {
         "{err}"
     );
 }
+
+/// A long prompt is read a chunk at a time between other requests' steps: a short request sent
+/// while it is read is answered long before the long prompt is read (one pass held the model
+/// for all of it), and the chunked reading answers as one pass does.
+#[test]
+fn a_long_prompt_does_not_stall_a_short_one_and_answers_as_one_pass_does() {
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--chat-batch",
+        "8",
+        "--prefix-cache",
+        "0",
+    ]);
+    let text = |n| {
+        format!(
+            "{}\nWhat is the text above about? Answer in one sentence.",
+            "Large language models are expensive to run: every answer costs compute, energy and money, and at volume that is a budget line. ".repeat(n)
+        )
+    };
+    let url = s.url.clone();
+    let body = chat_body("smollm2", &text(100), 1);
+    let a = std::thread::spawn(move || {
+        curl(
+            &[
+                "-s",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                "@-",
+                &format!("{url}/v1/chat/completions"),
+            ],
+            Some(body.as_bytes()),
+        )
+    });
+    // Sent once the long prompt is being read (it takes seconds).
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", "Say hi.", 1));
+    let short_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(c, 200, "{v}");
+    let (c, out) = a.join().unwrap();
+    assert_eq!(c, 200, "{out}");
+    let long: Value = serde_json::from_str(&out).unwrap();
+    let prompt = long["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert!(prompt > 2000.0, "{long}");
+    // Two durations of the same run compared: the short answer took a small part of the time
+    // the long prompt took to read (one pass: at least all of it but the first 0.5 s).
+    let long_read = prompt / long["frugal"]["prompt_tokens_per_s"].as_f64().unwrap();
+    assert!(
+        short_secs < long_read / 3.0,
+        "the short request waited for the long prompt: {short_secs:.2} s vs {long_read:.2} s"
+    );
+    // Read in chunks (700 tokens: three), the same greedy answer as one pass (`generate`).
+    let medium = text(28);
+    let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", &medium, 12));
+    assert_eq!(c, 200, "{v}");
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() > 2 * 256,
+        "{v}"
+    );
+    let out = frugal()
+        .args([
+            "generate",
+            "--prompt",
+            &medium,
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], g["text"],
+        "{v} vs {g}"
+    );
+}
+
+#[test]
+fn a_prompt_past_the_servers_limit_is_refused_by_name() {
+    let s = Server::start(&["--model", "smollm2", "--max-prompt-tokens", "64"]);
+    let (c, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("smollm2", &"many words in a long prompt ".repeat(40), 4),
+    );
+    assert_eq!(c, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("at most 64") && msg.contains("--max-prompt-tokens"),
+        "{v}"
+    );
+    let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", "Hi", 2));
+    assert_eq!(c, 200, "{v}");
+}

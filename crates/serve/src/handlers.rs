@@ -350,6 +350,19 @@ fn prepare(
     if ids.is_empty() {
         return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
     }
+    let limit = st.cfg.max_prompt_tokens;
+    if limit > 0 && ids.len() > limit {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                format!(
+                    "the prompt is {} tokens; this server takes at most {limit} a request (--max-prompt-tokens); shorten it",
+                    ids.len()
+                ),
+                Some("messages"),
+            )
+        });
+    }
     let ctx = w.model.context_length();
     if ids.len() >= ctx {
         return Err(ApiError {

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Most tokens one completion may ask for.
     pub max_tokens: usize,
+    /// Most prompt tokens one request may send (0: the model's context window).
+    pub max_prompt_tokens: usize,
     /// A request's time limit, queueing included.
     pub timeout: Duration,
     pub pricing: Pricing,
@@ -422,6 +424,7 @@ mod tests {
             batch_wait: Duration::from_millis(1),
             max_body_bytes: 1 << 20,
             max_tokens: 16,
+            max_prompt_tokens: 0,
             timeout: Duration::from_secs(5),
             pricing,
             route: None,

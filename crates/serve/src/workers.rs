@@ -115,23 +115,65 @@ fn send_piece(
     events.send(ChatEvent::Text(piece.to_string())).is_ok()
 }
 
-/// Continuous batching: requests join between decode steps (their prompts run on arrival),
-/// every step decodes one token of each generation in progress together, and each leaves as
-/// soon as it is done. With `batch` 1 requests run one after another.
+/// Prompt tokens run per turn of a prompt still being read: a long prompt is read in chunks
+/// between the other requests' decoding steps, so it cannot stall them, and stops at the next
+/// chunk when its client goes away.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A request whose prompt is being read, a chunk a turn.
+struct Pending {
+    job: ChatJob,
+    cache: frugal_models::chat::KvCache,
+    /// Prompt tokens the cache held from the prefix pool (reported as cached).
+    reused: usize,
+    queue_secs: f64,
+    prefill_secs: f64,
+}
+
+/// Continuous batching: requests join between decode steps (their prompts read a chunk a turn,
+/// round robin, between the steps), every step decodes one token of each generation in progress
+/// together, and each leaves as soon as it is done. With `batch` 1 requests run one after
+/// another.
 fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batch: usize) {
     let mut caches = PrefixCaches::new(slots);
     let mut active: Vec<Active> = vec![];
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
     loop {
-        if active.is_empty() {
+        if active.is_empty() && pending.is_empty() {
             match rx.blocking_recv() {
-                Some(job) => admit(m, &mut caches, &mut active, job),
+                Some(job) => pending.push_back(checkout(m, &mut caches, job)),
                 None => return,
             }
         }
-        while active.len() < batch {
+        while active.len() + pending.len() < batch {
             match rx.try_recv() {
-                Ok(job) => admit(m, &mut caches, &mut active, job),
+                Ok(job) => pending.push_back(checkout(m, &mut caches, job)),
                 Err(_) => break,
+            }
+        }
+        // One chunk of one prompt; a prompt read to its end starts generating.
+        if let Some(mut p) = pending.pop_front() {
+            if p.job.events.is_closed() {
+                caches.checkin(p.cache); // the client went away while its prompt was read
+            } else if Instant::now() >= p.job.deadline {
+                let _ = p
+                    .job
+                    .events
+                    .send(ChatEvent::Done(Err("timed out in the queue".into())));
+                caches.checkin(p.cache);
+            } else {
+                let t0 = Instant::now();
+                match m.prefill_chunk(&p.job.prompt_ids, &mut p.cache, PREFILL_CHUNK) {
+                    Ok(true) => {
+                        p.prefill_secs += t0.elapsed().as_secs_f64();
+                        pending.push_back(p);
+                    }
+                    Ok(false) => {
+                        p.prefill_secs += t0.elapsed().as_secs_f64();
+                        admit(m, &mut caches, &mut active, p);
+                    }
+                    Err(e) => fail(&mut caches, &p.job.events, p.cache, &e),
+                }
             }
         }
         if active.is_empty() {
@@ -171,21 +213,35 @@ fn serve_chat(m: &ChatModel, mut rx: mpsc::Receiver<ChatJob>, slots: usize, batc
     }
 }
 
-/// Takes a request in: runs its prompt and first token, then keeps it in `active` (or answers
-/// it at once when it is already finished or cannot run).
-fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, job: ChatJob) {
+/// Takes a request in: a cache holding the longest prefix of its prompt from the pool.
+fn checkout(m: &ChatModel, caches: &mut PrefixCaches, job: ChatJob) -> Pending {
     let queue_secs = job.enqueued.elapsed().as_secs_f64();
-    if job.events.is_closed() {
-        return; // the client went away while it waited
+    let cache = caches.checkout(m, &job.prompt_ids);
+    Pending {
+        reused: cache.len(),
+        cache,
+        job,
+        queue_secs,
+        prefill_secs: 0.0,
     }
-    if Instant::now() >= job.deadline {
-        let _ = job
-            .events
-            .send(ChatEvent::Done(Err("timed out in the queue".into())));
-        return;
-    }
-    let mut cache = caches.checkout(m, &job.prompt_ids);
-    let (mut decoding, logits) = match m.start(&job.prompt_ids, &job.opts, &mut cache) {
+}
+
+/// Starts a request whose prompt is read (but its last token): runs that and its first token,
+/// then keeps it in `active` (or answers it at once when it is already finished or cannot run).
+fn admit(m: &ChatModel, caches: &mut PrefixCaches, active: &mut Vec<Active>, p: Pending) {
+    let Pending {
+        job,
+        mut cache,
+        reused,
+        queue_secs,
+        prefill_secs,
+    } = p;
+    let (mut decoding, logits) = match m.start_prefilled(
+        &job.prompt_ids,
+        &job.opts,
+        &mut cache,
+        Some((reused, prefill_secs)),
+    ) {
         Ok(x) => x,
         Err(e) => return fail(caches, &job.events, cache, &e),
     };

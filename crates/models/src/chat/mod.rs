@@ -263,6 +263,44 @@ impl ChatModel {
         opts: &GenerateOptions,
         cache: &mut KvCache,
     ) -> Result<(Decoding, Vec<f32>)> {
+        self.start_prefilled(prompt_ids, opts, cache, None)
+    }
+
+    /// Runs up to `chunk` more prompt tokens into `cache` (which holds a prefix of the prompt),
+    /// leaving the last one for `start`; true while more remain. A server runs a long prompt a
+    /// chunk at a time between other requests' decoding steps, and can drop it between chunks.
+    pub fn prefill_chunk(
+        &self,
+        prompt_ids: &[u32],
+        cache: &mut KvCache,
+        chunk: usize,
+    ) -> Result<bool> {
+        let last = prompt_ids.len().saturating_sub(1);
+        if last >= cache.capacity() {
+            return Err(Error::Invalid(format!(
+                "the prompt is {} tokens but the context window holds {}; shorten the prompt",
+                prompt_ids.len(),
+                cache.capacity()
+            )));
+        }
+        let done = cache.common_prefix(prompt_ids).min(last);
+        cache.truncate(done);
+        let end = (done + chunk.max(1)).min(last);
+        if done < end {
+            self.llama.forward(&prompt_ids[done..end], cache, false)?;
+        }
+        Ok(end < last)
+    }
+
+    /// `start` after `prefill_chunk`s: `prefilled` says how many prompt tokens the cache held
+    /// from elsewhere (reused, reported as cached) and the seconds the chunks took.
+    pub fn start_prefilled(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        cache: &mut KvCache,
+        prefilled: Option<(usize, f64)>,
+    ) -> Result<(Decoding, Vec<f32>)> {
         if prompt_ids.is_empty() {
             return Err(Error::Invalid(
                 "the prompt is empty; give some text to complete".into(),
@@ -291,9 +329,9 @@ impl ChatModel {
             max_stop: opts.stop.iter().map(|s| s.len()).max().unwrap_or(0),
             stopped_by_caller: false,
             finish: FinishReason::Length,
-            cached: reuse,
+            cached: prefilled.map_or(reuse, |(reused, _)| reused.min(reuse)),
             prompt_tokens: prompt_ids.len(),
-            prompt_secs: t0.elapsed().as_secs_f64(),
+            prompt_secs: t0.elapsed().as_secs_f64() + prefilled.map_or(0.0, |(_, secs)| secs),
             started: Instant::now(),
             opts: opts.clone(),
         };
