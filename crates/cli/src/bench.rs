@@ -26,6 +26,9 @@ pub enum BenchCmd {
     /// Load on a running server: concurrent clients for a fixed time; statuses, latency,
     /// throughput and the server's memory.
     Serve(crate::bench_serve::ServeBench),
+    /// Every alternative of `frugal report`, default flags, on each task of the quality battery
+    /// (public labelled tasks nobody tuned frugal for), in one table.
+    Quality(crate::bench_quality::QualityBench),
     /// Every anchor workload in one go (embeddings in each precision, generation, fine-tuning),
     /// each in its own process; with --anchors, beside the reference implementations.
     All(crate::bench_all::AllBench),
@@ -117,6 +120,7 @@ pub fn run(cmd: BenchCmd, ctx: &Ctx) -> Result<()> {
         BenchCmd::Sft(a) => sft(a, ctx),
         BenchCmd::Serve(a) => crate::bench_serve::run(a),
         BenchCmd::All(a) => crate::bench_all::run(a, ctx),
+        BenchCmd::Quality(a) => crate::bench_quality::run(a, ctx),
     }
 }
 

@@ -430,6 +430,7 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
             ),
         }),
         hidden,
+        probe: None,
     };
     let (report, _info) = run_training(&spec, ctx.quiet, "distilling")?;
 

@@ -90,7 +90,8 @@ pub struct SimulateArgs {
     min_nodes: usize,
     #[arg(long, value_enum, default_value = "head")]
     mode: ModeArg,
-    #[arg(long, default_value_t = 1)]
+    /// Local epochs per round (default 2: with server momentum, what holds on skewed nodes).
+    #[arg(long, default_value_t = 2)]
     local_epochs: usize,
     /// Local learning rate (default: 1.0 for head with sgd, 1e-2 with adamw; 5e-5 for full).
     #[arg(long)]
@@ -108,10 +109,11 @@ pub struct SimulateArgs {
     /// fedavg or fedprox:MU.
     #[arg(long, default_value = "fedavg", value_parser = |s: &str| s.parse::<Strategy>())]
     strategy: Strategy,
-    /// Server momentum β (FedAvgM); 0 is plain FedAvg.
-    #[arg(long, default_value_t = 0.0)]
+    /// Server momentum β (FedAvgM, the default 0.8); 0 is plain FedAvg.
+    #[arg(long, default_value_t = 0.8)]
     server_momentum: f64,
-    #[arg(long, default_value_t = 1.0)]
+    /// The server's step on the averaged update (FedAvgM; 1 with plain FedAvg).
+    #[arg(long, default_value_t = 1.5)]
     server_lr: f64,
     /// Differential privacy: noise multiplier σ (noise std is σ·C).
     #[arg(long)]
@@ -178,6 +180,21 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
     }
     if !(0.0..0.9).contains(&a.valid_frac) {
         bail!("--valid-frac {} must be in [0, 0.9)", a.valid_frac);
+    }
+    if print && !ctx.quiet {
+        eprintln!(
+            "frugal: {} rounds of {} ({} local epoch(s) per round); flags change it",
+            a.rounds,
+            if a.server_momentum > 0.0 || a.server_lr != 1.0 {
+                format!(
+                    "FedAvgM (server momentum {}, server learning rate {})",
+                    a.server_momentum, a.server_lr
+                )
+            } else {
+                "plain FedAvg".to_string()
+            },
+            a.local_epochs
+        );
     }
     let base = match resolve_model(&a.base, &store(ctx.quiet))? {
         ModelPath::HfDir(d) => d,

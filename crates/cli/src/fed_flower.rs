@@ -238,21 +238,25 @@ pub struct UpArgs {
     /// iid, dirichlet:ALPHA or field:NAME, as `fed simulate`.
     #[arg(long, default_value = "dirichlet:0.5", value_parser = |s: &str| s.parse::<frugal_fed::partition::Partition>())]
     partition: frugal_fed::partition::Partition,
-    #[arg(long, default_value_t = 10)]
+    /// Rounds (default 20: with FedAvgM and 2 local epochs, what holds on skewed nodes).
+    #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// Flower's strategy: fedavg, fedavgm or fedprox.
-    #[arg(long, default_value = "fedavg", value_parser = ["fedavg", "fedavgm", "fedprox"])]
+    /// Flower's strategy: fedavg, fedavgm or fedprox (default fedavgm: server momentum keeps
+    /// skewed nodes' updates from pulling the model back and forth).
+    #[arg(long, default_value = "fedavgm", value_parser = ["fedavg", "fedavgm", "fedprox"])]
     strategy: String,
     #[arg(long, default_value_t = 0.0)]
     proximal_mu: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// FedAvgM's server momentum β.
+    #[arg(long, default_value_t = 0.8)]
     server_momentum: f64,
-    #[arg(long, default_value_t = 1.0)]
+    /// FedAvgM's server learning rate.
+    #[arg(long, default_value_t = 1.5)]
     server_lr: f64,
     /// Nodes that must be up (and report) for a round; default: all of them.
     #[arg(long)]
     min_nodes: Option<usize>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     local_epochs: usize,
     /// Local learning rate (default as `fed simulate`).
     #[arg(long)]
@@ -423,6 +427,22 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
     use frugal_fed::partition::partition;
     if a.nodes < 1 {
         bail!("--nodes must be at least 1");
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "frugal: {} rounds of Flower's {}{} ({} local epoch(s) per round); flags change it",
+            a.rounds,
+            a.strategy,
+            if a.strategy == "fedavgm" {
+                format!(
+                    " (server momentum {}, server learning rate {})",
+                    a.server_momentum, a.server_lr
+                )
+            } else {
+                String::new()
+            },
+            a.local_epochs
+        );
     }
     if !(10.0..=1800.0).contains(&a.heartbeat) {
         bail!(

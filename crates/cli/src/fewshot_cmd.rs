@@ -14,7 +14,7 @@ use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::Classifier;
 use frugal_train::data::{load, Example, Fields};
 use frugal_train::fewshot::{
-    nearest_demos, sample_shots, setfit, zero_shot, LabelDescriptions, SetFitSpec,
+    nearest_demos, sample_shots, setfit, short_labels, zero_shot, LabelDescriptions, SetFitSpec,
 };
 use frugal_train::labeller::{default_prompt, ChatLabeller, Scoring};
 use frugal_train::metrics::{evaluate, Metrics};
@@ -335,6 +335,19 @@ fn encoder_dir(spec: &str, quiet: bool, flag: &str) -> Result<Option<PathBuf>> {
 pub fn fewshot_cmd(a: FewShotArgs, ctx: &Ctx) -> Result<()> {
     let pool = train_pool(&a.data, &a.fields, ctx.quiet)?;
     let shots = sample_shots(&pool, a.shots, a.seed)?;
+    let short = short_labels(&pool, a.shots);
+    if !short.is_empty() && !ctx.quiet {
+        eprintln!(
+            "frugal: --shots {}: taking every example of {} (fewer than {} each)",
+            a.shots,
+            short
+                .iter()
+                .map(|(l, n)| format!("'{l}' ({n})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.shots
+        );
+    }
     let test = a
         .test
         .as_deref()
@@ -479,6 +492,9 @@ pub fn curve_cmd(a: CurveArgs, ctx: &Ctx) -> Result<()> {
     // Every point's shots are drawn before anything runs: a K too large fails at once.
     for &k in &a.shots {
         sample_shots(&pool, k, 0)?;
+        if let Some((l, n)) = short_labels(&pool, k).into_iter().min_by_key(|x| x.1) {
+            bail!("--shots {k}: label '{l}' has only {n} examples, and a curve point is K per label; choose --shots {n} or fewer");
+        }
     }
     let texts: Vec<&str> = test.iter().map(|e| e.text.as_str()).collect();
     let work = tempfile::tempdir()?;

@@ -4,6 +4,7 @@
 mod assets_cmd;
 mod bench;
 mod bench_all;
+mod bench_quality;
 mod bench_serve;
 mod cache_cmd;
 mod chart;

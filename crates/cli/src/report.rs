@@ -13,11 +13,14 @@ use crate::io::{progress, store, write_atomic};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use frugal_cost::verdict::QualityBasis;
 use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_serve::pricing::Pricing;
-use frugal_train::classifier::{fingerprint, labels_of, Classifier, Mode, TrainSpec};
-use frugal_train::data::{anchor_split, spamassassin, stratified_split, Example};
-use frugal_train::fewshot::{sample_shots, zero_shot, LabelDescriptions};
+use frugal_train::classifier::{
+    default_epochs, fingerprint, head_config, labels_of, Classifier, Mode, TrainSpec,
+};
+use frugal_train::data::{stratified_split, Example};
+use frugal_train::fewshot::{sample_shots, short_labels, zero_shot, LabelDescriptions};
 use frugal_train::trainer::TrainConfig;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -28,7 +31,7 @@ use std::time::Instant;
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Budget {
     /// Subsampled to finish in about 10 minutes on 2 cores: 800 training, 200 validation and 400
-    /// test examples; full fine-tuning one epoch on 400; the chat model on 80 test texts (32 in
+    /// test examples, the same for every trained row; the chat model on 80 test texts (32 in
     /// context).
     Quick,
     /// The whole task.
@@ -37,9 +40,14 @@ pub enum Budget {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// A built-in task (`spamassassin`) — or use --data.
+    /// A built-in task: `spamassassin` or another task of the quality battery (`frugal bench
+    /// quality --list`) — or use --data.
     #[arg(long, default_value = "spamassassin", conflicts_with = "data")]
     task: String,
+    /// Only these alternatives (comma-separated row names; the reference and the majority
+    /// class always run). Default: all of them.
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
     /// Your own labelled data (.jsonl/.csv/.tsv), split 70/10/20 with the seed.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -55,6 +63,18 @@ pub struct ReportArgs {
     /// to measure its quality; without them its quality is unknown.
     #[arg(long)]
     reference_answers: Option<PathBuf>,
+    /// The reference's published accuracy on this task (0 to 1), with --reference-source: the
+    /// verdict then asks for 97% of it (instead of 97% of the best local row).
+    #[arg(long, value_parser = unit_interval, requires = "reference_source", conflicts_with = "reference_answers")]
+    reference_accuracy: Option<f64>,
+    /// Where --reference-accuracy comes from (a paper, a leaderboard, your own evaluation).
+    #[arg(long, requires = "reference_accuracy")]
+    reference_source: Option<String>,
+    /// The prompt you send the reference today (instructions, few-shot examples…), a text file
+    /// with `{text}` where each text goes (and optionally `{labels}`): the reference is priced
+    /// on it. Default: a one-line instruction, named in the report.
+    #[arg(long)]
+    reference_prompt: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "quick")]
     budget: Budget,
     /// Also run the generation task (LoRA fine-tuning of the chat model on email subject lines)
@@ -167,6 +187,38 @@ fn instance(a: &ReportArgs, ctx: &Ctx) -> Result<Instance> {
 const PROMPT: &str =
     "Classify the text as one of: {labels}. Answer with the label only.\n\nText: {text}";
 
+/// A share from 0 to 1 (clap value parser).
+fn unit_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is outside 0..1: give the accuracy as a share (0.83 for 83%)"
+        ))
+    }
+}
+
+/// The prompt the reference is priced on: `--reference-prompt`'s template (which must hold
+/// `{text}`) or the one-line default, and how the report names it.
+fn reference_prompt(a: &ReportArgs) -> Result<(String, String)> {
+    let Some(p) = &a.reference_prompt else {
+        return Ok((
+            PROMPT.to_string(),
+            format!("the one-line instruction \"{}\"", PROMPT.replace('\n', " ")),
+        ));
+    };
+    let t = frugal_train::data::read_text(p)
+        .with_context(|| format!("--reference-prompt {}", p.display()))?;
+    if !t.contains("{text}") {
+        bail!(
+            "--reference-prompt {}: the template has no {{text}}; put {{text}} where each text goes (and {{labels}} for the label list if you send one)",
+            p.display()
+        );
+    }
+    Ok((t, format!("the prompt in {}", p.display())))
+}
+
 /// Label descriptions for zero-shot on the built-in task; other tasks use the label names.
 fn descriptions(task: &str, labels: &[String]) -> Vec<(String, String)> {
     let known = |l: &str| match (task, l) {
@@ -266,15 +318,23 @@ fn load_task(a: &ReportArgs, quiet: bool) -> Result<Task> {
                 stratified_split(all, 0.2, 0.1, a.seed)?,
             )
         }
-        None if a.task == "spamassassin" => {
-            let dir = store(quiet).ensure("spamassassin")?;
-            let s = anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());
-            ("spamassassin".to_string(), s)
-        }
-        None => bail!(
-            "--task {}: the built-in task is spamassassin; for your own data use --data FILE",
-            a.task
-        ),
+        None => match frugal_train::battery::task(&a.task) {
+            Some(t) => {
+                let dir = store(quiet)
+                    .ensure(t.asset)
+                    .with_context(|| format!("--task {}: fetching its data", a.task))?;
+                (
+                    t.name.to_string(),
+                    frugal_train::battery::load(t, &dir)
+                        .with_context(|| format!("--task {}", a.task))?,
+                )
+            }
+            None => bail!(
+                "--task {}: the built-in tasks are {}; for your own data use --data FILE",
+                a.task,
+                frugal_train::battery::names()
+            ),
+        },
     };
     let labels = labels_of(&splits.train);
     if labels.len() < 2 {
@@ -303,7 +363,49 @@ fn load_task(a: &ReportArgs, quiet: bool) -> Result<Task> {
     })
 }
 
+/// Every row of the report, in order.
+pub const ALTERNATIVES: [&str; 10] = [
+    "reference",
+    "majority",
+    "zeroshot",
+    "transfer",
+    "setfit-8",
+    "finetune",
+    "distilled",
+    "federated",
+    "chat",
+    "chat-fewshot",
+];
+
 pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
+    let (report, md) = run_report(&a, ctx)?;
+    if a.json {
+        println!("{report}");
+    } else {
+        println!("{md}");
+        if !ctx.quiet {
+            eprintln!(
+                "frugal: wrote {}, report.html and report.json",
+                a.out.join("report.md").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the report and writes its files; returns report.json's value and the markdown.
+pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, String)> {
+    if let Some(r) = a
+        .rows
+        .iter()
+        .find(|r| !ALTERNATIVES.contains(&r.as_str()) && *r != "curve")
+    {
+        bail!(
+            "--rows {r}: no such alternative; the rows are {} (and `curve`, the learning curve)",
+            ALTERNATIVES.join(", ")
+        );
+    }
+    reference_prompt(a)?;
     let task = load_task(&a, ctx.quiet)?;
     if let Some(l) = task
         .labels
@@ -324,7 +426,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     std::fs::create_dir_all(&rows_dir)
         .with_context(|| format!("creating {}", rows_dir.display()))?;
     let common = format!(
-        "v3|{}|{}|{:?}|{}|{}|{}",
+        "v4|{}|{}|{:?}|{}|{}|{}",
         fingerprint(&task.train),
         fingerprint(&task.test),
         a.budget,
@@ -333,25 +435,24 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         pricing.usd_per_hour
     );
     let mut rows: Vec<Row> = vec![];
-    let names = [
-        "reference",
-        "zeroshot",
-        "transfer",
-        "setfit-8",
-        "finetune",
-        "distilled",
-        "federated",
-        "chat",
-        "chat-fewshot",
-    ];
-    for (i, name) in names.into_iter().enumerate() {
+    let names: Vec<&str> = ALTERNATIVES
+        .into_iter()
+        .filter(|n| a.rows.is_empty() || BASELINES.contains(n) || a.rows.iter().any(|r| r == n))
+        .collect();
+    for (i, name) in names.iter().copied().enumerate() {
         let key = match name {
             "zeroshot" => format!("{name}|{common}|{:?}", a.labels),
-            // The reference's price depends on how it is billed (cached input, batch…).
-            "reference" if pricing.billing != Default::default() => format!(
-                "{name}|{common}|{}|{}",
+            // The reference's price depends on its prompt and how it is billed (cached input,
+            // batch…); its quality on the answers or the published figure.
+            "reference" => format!(
+                "{name}|{common}|{}|{}|{:?}|{:?}|{:?}",
                 a.reference,
-                pricing.billing.describe()
+                pricing.billing.describe(),
+                a.reference_prompt
+                    .as_ref()
+                    .map(|_| reference_prompt(a).map(|t| t.0).unwrap_or_default()),
+                a.reference_answers,
+                (a.reference_accuracy, &a.reference_source),
             ),
             _ => format!("{name}|{common}|{}", a.reference),
         };
@@ -368,6 +469,7 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         let t0 = Instant::now();
         let mut row = match name {
             "reference" => reference_row(&a, &task, &pricing)?,
+            "majority" => majority_row(&task),
             "zeroshot" => zeroshot_row(&a, &task, &base, &pricing, ctx.quiet)?,
             "distilled" => distilled_row(&a, &task, &pricing, ctx.quiet)?,
             "federated" => federated_row(&a, &task, &pricing, ctx)?,
@@ -393,30 +495,12 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
     }
     let curve = curve(&a, &task, &base, &common, &rows_dir, ctx.quiet)?;
     let generation = generation(&a, &pricing, &common, &rows_dir, ctx.quiet)?;
+    let (basis, verdicts) = verdicts(&a, &rows, &instance);
     let best = rows
         .iter()
-        .filter(|r| r.name != "reference")
+        .filter(|r| !BASELINES.contains(&r.name.as_str()))
         .filter_map(|r| r.accuracy)
         .fold(f64::NAN, f64::max);
-    let ref_cost = rows[0].usd_per_1k;
-    let verdicts: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            let savings = match (r.usd_per_1k, ref_cost) {
-                (Some(c), Some(rc)) if rc > 0.0 => Some(1.0 - c / rc),
-                _ => None,
-            };
-            let retained = r.accuracy.map(|acc| acc / best);
-            serde_json::json!({
-                "name": r.name,
-                "instance_usd_per_1k": r.request_seconds.map(|s| instance.usd(s) * 1000.0),
-                "instance_train_usd": r.train_seconds.map(|s| instance.usd(s)),
-                "savings_vs_reference": savings,
-                "quality_retained_vs_best": retained,
-                "meets_95_97": savings.is_some_and(|s| s >= 0.95) && retained.is_some_and(|q| q >= 0.97),
-            })
-        })
-        .collect();
     let report = serde_json::json!({
         "task": task.name,
         "budget": format!("{:?}", a.budget).to_lowercase(),
@@ -437,6 +521,8 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         "learning_curve": curve,
         "generation": generation,
         "best_accuracy": best,
+        "quality_basis": basis,
+        "quality_basis_text": basis.as_ref().map(QualityBasis::describe),
         "rows": rows,
         "verdicts": verdicts,
     });
@@ -450,18 +536,60 @@ pub fn report_cmd(a: ReportArgs, ctx: &Ctx) -> Result<()> {
         &a.out.join("report.html"),
         html(&report, &rows, &verdicts)?.as_bytes(),
     )?;
-    if a.json {
-        println!("{report}");
-    } else {
-        println!("{md}");
-        if !ctx.quiet {
-            eprintln!(
-                "frugal: wrote {}, report.html and report.json",
-                a.out.join("report.md").display()
+    Ok((report, md))
+}
+
+/// Rows that are not alternatives: the reference itself and the majority-class floor.
+const BASELINES: [&str; 2] = ["reference", "majority"];
+
+/// What quality is measured against, and each row's verdict (savings vs the reference, the
+/// quality kept, the ✔, whether it falls below the majority class, instance prices).
+fn verdicts(
+    a: &ReportArgs,
+    rows: &[Row],
+    instance: &Instance,
+) -> (Option<QualityBasis>, Vec<serde_json::Value>) {
+    let reference = rows.iter().find(|r| r.name == "reference");
+    let known = reference
+        .and_then(|r| r.accuracy)
+        .map(|acc| match &a.reference_answers {
+            Some(p) => (acc, format!("its answers in {}", p.display()), true),
+            None => (acc, a.reference_source.clone().unwrap_or_default(), false),
+        });
+    let local: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| !BASELINES.contains(&r.name.as_str()))
+        .filter_map(|r| Some((r.name.clone(), r.accuracy?)))
+        .collect();
+    let basis = frugal_cost::verdict::basis(known, &local);
+    let ref_cost = reference.and_then(|r| r.usd_per_1k);
+    let floor = rows
+        .iter()
+        .find(|r| r.name == "majority")
+        .and_then(|r| r.accuracy);
+    let verdicts = rows
+        .iter()
+        .map(|r| {
+            let v = frugal_cost::verdict::verdict(
+                r.usd_per_1k,
+                r.accuracy,
+                ref_cost,
+                basis.as_ref(),
+                BASELINES.contains(&r.name.as_str()),
             );
-        }
-    }
-    Ok(())
+            serde_json::json!({
+                "name": r.name,
+                "instance_usd_per_1k": r.request_seconds.map(|s| instance.usd(s) * 1000.0),
+                "instance_train_usd": r.train_seconds.map(|s| instance.usd(s)),
+                "savings_vs_reference": v.savings,
+                "quality_retained": v.retained,
+                "meets_95_97": v.meets,
+                "below_majority": r.name != "majority"
+                    && matches!((r.accuracy, floor), (Some(q), Some(f)) if q < f),
+            })
+        })
+        .collect();
+    (basis, verdicts)
 }
 
 /// A section computed by an earlier run (`file` holding the same `key`), said so.
@@ -600,6 +728,13 @@ fn curve(
         Budget::Quick => (vec![1, 2, 4, 8, 16, 32, 64], 3),
         Budget::Full => (vec![1, 2, 4, 8, 16, 32, 64, 128, 256], 5),
     };
+    if !a.rows.is_empty() && !a.rows.iter().any(|r| r == "curve") {
+        return Ok(serde_json::json!({
+            "status": "skipped",
+            "method": "not asked for (--rows without `curve`)",
+            "points": [],
+        }));
+    }
     let key = format!("curve|{common}|{ks:?}|{draws}");
     let file = rows_dir.join("curve.json");
     if let Some(v) = reuse(&file, &key, "learning curve", quiet) {
@@ -655,9 +790,10 @@ fn curve(
 }
 
 fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> {
+    let (template, prompt_name) = reference_prompt(a)?;
     let mut usd = 0.0;
     for e in &task.test {
-        let prompt = PROMPT
+        let prompt = template
             .replace("{labels}", &task.labels.join(", "))
             .replace("{text}", &e.text);
         usd += pricing
@@ -692,19 +828,25 @@ fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> 
             let (acc, f1) = score(&task.labels, &owned, &probs);
             (Some(acc), Some(f1))
         }
-        None => (None, None),
+        None => (a.reference_accuracy, None),
+    };
+    let quality = match (&a.reference_answers, &a.reference_source) {
+        (Some(p), _) => format!("quality measured from the answers in {}", p.display()),
+        (None, Some(src)) => format!("quality: the published figure ({src})"),
+        (None, None) => {
+            "quality unknown (no --reference-answers or --reference-accuracy)".to_string()
+        }
     };
     Ok(Row {
         name: "reference".into(),
-        what: format!("{} (hosted), asked per text with a one-line instruction", a.reference),
+        what: format!("{} (hosted), asked per text with {prompt_name}", a.reference),
         status: "done".into(),
         accuracy,
         macro_f1,
         usd_per_1k: Some(usd / task.test.len() as f64 * 1000.0),
         cost_basis: format!(
-            "computed: catalog price of {} × tokens counted with its tokenizer (instruction + text in, label out){}",
+            "computed: catalog price of {} × tokens counted with its tokenizer (prompt + text in, label out); {quality}",
             a.reference,
-            if a.reference_answers.is_some() { "; quality from the given answers" } else { "; quality unknown (no --reference-answers)" }
         ),
         latency_p50_ms: None,
         latency_p95_ms: None,
@@ -716,6 +858,41 @@ fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> 
         wall_seconds: 0.0,
         key: String::new(),
     })
+}
+
+/// Always answering the most frequent training label: the floor every alternative must beat.
+fn majority_row(task: &Task) -> Row {
+    let train: Vec<&str> = task.train.iter().map(|e| e.label.as_str()).collect();
+    let test: Vec<&str> = task.test.iter().map(|e| e.label.as_str()).collect();
+    let Some((label, accuracy)) = frugal_cost::verdict::majority(&train, &test) else {
+        return Row {
+            status: "skipped: no training labels".into(),
+            ..empty_row("majority", task)
+        };
+    };
+    let probs: Vec<Vec<f32>> = task
+        .test
+        .iter()
+        .map(|_| {
+            task.labels
+                .iter()
+                .map(|l| (l == label) as u8 as f32)
+                .collect()
+        })
+        .collect();
+    let (_, macro_f1) = score(&task.labels, &task.test, &probs);
+    Row {
+        name: "majority".into(),
+        what: format!(
+            "baseline: always answers `{label}`, the most frequent training label; a row below it is worse than doing nothing"
+        ),
+        status: "done".into(),
+        accuracy: Some(accuracy),
+        macro_f1: Some(macro_f1),
+        usd_per_1k: Some(0.0),
+        cost_basis: "none: a constant answer needs no model".into(),
+        ..empty_row("majority", task)
+    }
 }
 
 fn measured_row(
@@ -1135,14 +1312,24 @@ fn trained_row(
     let t0 = Instant::now();
     let (what, train_examples) = match name {
         "setfit-8" => {
-            if per_label_min < 8 {
-                return Ok(skip(format!("a label has only {per_label_min} training examples; SetFit here takes 8 per label")));
-            }
             let shots = sample_shots(&task.train, 8, a.seed)?;
+            let short = short_labels(&task.train, 8);
             crate::fewshot_cmd::run_setfit(
                 base, &a.base, &shots, &dir, a.seed, 20, 1, 2e-5, 128, quiet,
             )?;
-            ("few-shot: SetFit on 8 examples per label (contrastive pairs, then a logistic head)".to_string(), shots.len())
+            let fewer = if short.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; all there is of {}",
+                    short
+                        .iter()
+                        .map(|(l, n)| format!("`{l}` ({n})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            (format!("few-shot: SetFit on 8 examples per label{fewer} (contrastive pairs, then a logistic head)"), shots.len())
         }
         "transfer" | "finetune" => {
             if per_label_min < 2 || task.train.len() < 10 {
@@ -1153,27 +1340,18 @@ fn trained_row(
                 )));
             }
             let full = name == "finetune";
-            let train: Vec<Example> = if full && a.budget == Budget::Quick {
-                subsample(task.train.clone(), 400, a.seed + 2)
-            } else {
-                task.train.clone()
-            };
+            // Every trained row sees the same examples; fine-tuning gets the `train` defaults
+            // (linear probe, then at least 100 steps), not a shortened schedule.
+            let train: Vec<Example> = task.train.clone();
             let config = if full {
                 TrainConfig {
-                    epochs: if a.budget == Budget::Quick { 1 } else { 3 },
-                    lr: 1e-4,
+                    epochs: default_epochs(train.len(), 16),
+                    lr: 5e-5,
                     seed: a.seed,
                     ..Default::default()
                 }
             } else {
-                TrainConfig {
-                    epochs: 20,
-                    lr: 1e-2,
-                    weight_decay: 0.0,
-                    warmup: 0.0,
-                    seed: a.seed,
-                    ..Default::default()
-                }
+                head_config(a.seed)
             };
             let spec = TrainSpec {
                 base,
@@ -1190,11 +1368,12 @@ fn trained_row(
                 labels: Some(task.labels.clone()),
                 soft: None,
                 hidden: None,
+                probe: full.then(|| head_config(a.seed)),
             };
             crate::train_cmd::run_training(&spec, quiet, name)?;
             let what = if full {
                 format!(
-                    "full fine-tuning of every weight of {} ({} examples, {} epoch(s))",
+                    "full fine-tuning of every weight of {} after a linear probe ({} examples, up to {} epochs, the best on validation kept)",
                     a.base,
                     train.len(),
                     spec.config.epochs
@@ -1267,19 +1446,44 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
         report["machine"]["basis"].as_str().unwrap_or(""),
     );
     let inst = report["instance"]["name"].as_str().unwrap_or("");
-    s.push_str(&format!("| alternative | accuracy | macro-F1 | $ per 1,000 requests | savings vs reference | quality vs best | p50 / p95 latency | training | training cost | $ per 1,000 on {inst} | training on {inst} |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
+    let vs = match report["quality_basis"]["kind"].as_str() {
+        Some("best_local") | None => "best local row",
+        Some(_) => "reference",
+    };
+    let most = rows
+        .iter()
+        .filter(|r| r.status == "done" && r.name != "reference" && r.name != "majority")
+        .map(|r| r.train_examples)
+        .max()
+        .unwrap_or(0);
+    s.push_str(&format!("| alternative | accuracy | macro-F1 | $ per 1,000 requests | savings vs reference | quality vs {vs} | p50 / p95 latency | trained on | training | training cost | $ per 1,000 on {inst} | training on {inst} |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"));
     for (r, v) in rows.iter().zip(verdicts) {
         if r.status != "done" {
             s.push_str(&format!(
-                "| {} | {} | | | | | | | | | |\n",
+                "| {} | {} | | | | | | | | | | |\n",
                 r.name, r.status
             ));
             continue;
         }
+        let trained_on = if r.train_seconds.is_none() {
+            "—".to_string()
+        } else if r.train_examples < most {
+            format!(
+                "{} examples (fewer than the {most} others had)",
+                r.train_examples
+            )
+        } else {
+            format!("{} examples", r.train_examples)
+        };
         s.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             if v["meets_95_97"] == true { " ✔" } else { "" },
+            if v["below_majority"] == true {
+                " ↓"
+            } else {
+                ""
+            },
             fmt_opt(r.accuracy, |x| format!("{x:.4}")),
             fmt_opt(r.macro_f1, |x| format!("{x:.4}")),
             fmt_opt(r.usd_per_1k, |x| format!("${x:.5}")),
@@ -1287,7 +1491,7 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
                 "{:.2}%",
                 x * 100.0
             )),
-            fmt_opt(v["quality_retained_vs_best"].as_f64(), |x| format!(
+            fmt_opt(v["quality_retained"].as_f64(), |x| format!(
                 "{:.1}%",
                 x * 100.0
             )),
@@ -1295,13 +1499,17 @@ fn markdown(report: &serde_json::Value, rows: &[Row], verdicts: &[serde_json::Va
                 (Some(a), Some(b)) => format!("{a:.1} / {b:.1} ms"),
                 _ => "—".into(),
             },
+            trained_on,
             fmt_opt(r.train_seconds, |x| format!("{x:.1} s")),
             fmt_opt(r.train_usd, |x| format!("${x:.5}")),
             fmt_opt(v["instance_usd_per_1k"].as_f64(), |x| format!("${x:.5}")),
             fmt_opt(v["instance_train_usd"].as_f64(), |x| format!("${x:.5}")),
         ));
     }
-    s.push_str("\n✔ = at least 95% cheaper than the reference per 1,000 requests while keeping at least 97% of the best measured accuracy.\n\n");
+    s.push_str(&format!(
+        "\n✔ = at least 95% cheaper than the reference per 1,000 requests while keeping at least 97% of the quality of the {vs}. Quality is measured against {}. ↓ = below the majority-class baseline: worse than always giving the most frequent label.\n\n",
+        report["quality_basis_text"].as_str().unwrap_or("nothing (no row has a quality)")
+    ));
     for r in rows {
         s.push_str(&format!(
             "- **{}**: {} — cost {}\n",
@@ -1460,7 +1668,7 @@ fn html(
     let done: Vec<&Row> = rows.iter().filter(|r| r.status == "done").collect();
     let points: Vec<(String, f64, f64)> = done
         .iter()
-        .filter(|r| r.name != "reference")
+        .filter(|r| !BASELINES.contains(&r.name.as_str()))
         .filter_map(|r| Some((r.name.clone(), r.usd_per_1k?, r.accuracy?)))
         .collect();
     let reference = rows.iter().find(|r| r.name == "reference").and_then(|r| {
@@ -1474,6 +1682,7 @@ fn html(
     let scatter = crate::chart::cost_quality_svg(&points, reference)?;
     let bars: Vec<(String, f64)> = done
         .iter()
+        .filter(|r| r.name != "majority")
         .filter_map(|r| Some((r.name.clone(), r.usd_per_1k?)))
         .collect();
     let bars = crate::chart::cost_bars_svg(&bars)?;

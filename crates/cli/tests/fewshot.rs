@@ -121,18 +121,32 @@ fn fewshot_and_curve_run_and_refuse_too_many_shots() {
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    fails(
-        &[
+    // A label with fewer than K examples gives all it has, and the run says so.
+    let r = frugal()
+        .args([
             "fewshot",
             "--data",
             d,
             "--shots",
             "5",
+            "--pairs",
+            "2",
             "--out",
             out.to_str().unwrap(),
-        ],
-        &["--shots 5", "'vehicle' has only 4", "--shots 4"],
+            "--test",
+            d,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("--shots 5: taking every example of 'vehicle' (4)"),
+        "{err}"
     );
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["examples"], 9, "5 fruit + all 4 vehicles: {m}");
     fails(
         &["fewshot", "--base", "smollm2", "--data", d, "--shots", "1"],
         &["--test"],
@@ -169,7 +183,7 @@ fn fewshot_and_curve_run_and_refuse_too_many_shots() {
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<svg"));
     fails(
         &["curve", "--data", d, "--test", d, "--shots", "2,9"],
-        &["--shots 9"],
+        &["--shots 9", "'vehicle' has only 4", "--shots 4"],
     );
     fails(
         &["curve", "--data", d, "--test", d, "--chart", "x.png"],

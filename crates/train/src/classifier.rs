@@ -334,6 +334,35 @@ pub struct TrainSpec<'a> {
     pub soft: Option<SoftTargets>,
     /// Distillation: a teacher's hidden states to imitate (full mode).
     pub hidden: Option<HiddenMatch>,
+    /// Linear probing first (full and LoRA modes, labelled data without a teacher): the new
+    /// head is fitted on the frozen encoder's embeddings with this schedule, as head mode does,
+    /// before every weight trains; an epoch of the second phase is kept only if it beats the
+    /// probe on validation. `None`: the head starts random.
+    pub probe: Option<TrainConfig>,
+}
+
+/// The schedule head mode trains with, and linear probing before fine-tuning: 20 epochs at
+/// 1e-2, no weight decay or warm-up, stopping after 2 epochs without a better validation score.
+pub fn head_config(seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs: 20,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        warmup: 0.0,
+        seed,
+        ..Default::default()
+    }
+}
+
+/// Optimiser steps a default fine-tuning run takes at the least: small sets get more epochs
+/// (3 at the least, 30 at the most), so 300 examples train as long as 1,600 do.
+pub const MIN_STEPS: usize = 100;
+
+/// Epochs for a default fine-tuning run of `n` examples in batches of `batch`: 3, or more
+/// until `MIN_STEPS` optimiser steps, at most 30.
+pub fn default_epochs(n: usize, batch: usize) -> usize {
+    let per_epoch = n.div_ceil(batch.max(1)).max(1);
+    MIN_STEPS.div_ceil(per_epoch).clamp(3, 30)
 }
 
 /// Hidden-state distillation: each student layer's token vectors pulled towards a teacher
@@ -417,6 +446,7 @@ impl<'a> TrainSpec<'a> {
             labels: None,
             soft: None,
             hidden: None,
+            probe: None,
         }
     }
 }
@@ -445,6 +475,8 @@ struct ClassifyTask<'a> {
     /// and the weights of the teacher and gold terms per example.
     soft: Option<SoftTensors>,
     hidden: Option<HiddenTarget>,
+    /// Linear probing: the head's values at the best epoch so far (kept in memory).
+    snapshot: Option<Vec<Tensor>>,
 }
 
 struct SoftTensors {
@@ -549,6 +581,16 @@ impl Task for ClassifyTask<'_> {
     fn on_best(&mut self, epoch: usize, _score: Option<f64>) -> Result<()> {
         self.info.metrics = self.last_metrics.clone();
         self.info.epoch = Some(epoch);
+        if let Some(snap) = &mut self.snapshot {
+            // Linear probing: the head's best values are kept in memory, not written.
+            *snap = self
+                .clf
+                .trained_vars(Mode::Head)
+                .iter()
+                .map(|(_, v)| v.as_tensor().copy())
+                .collect::<candle_core::Result<_>>()?;
+            return Ok(());
+        }
         self.clf.save(self.spec.base, self.spec.out, &self.info)
     }
 }
@@ -728,9 +770,20 @@ pub fn train(
         }
     };
     let texts: Vec<&str> = spec.train.iter().map(|e| e.text.as_str()).collect();
+    let probe = spec
+        .probe
+        .as_ref()
+        .filter(|_| spec.mode != Mode::Head && soft.is_none() && hidden.is_none());
+    let probe_data = match probe {
+        Some(_) => Some(Prepared::new(
+            &clf.encoder,
+            &texts,
+            Mode::Head,
+            targets.clone(),
+        )?),
+        None => None,
+    };
     let data = Prepared::new(&clf.encoder, &texts, spec.mode, targets)?;
-    let vars = clf.trained_vars(spec.mode);
-    clf.encoder.model.train = spec.mode != Mode::Head;
     let info = CheckpointInfo {
         labels,
         base: spec.base_name.clone(),
@@ -745,6 +798,46 @@ pub fn train(
         epoch: None,
         teacher: spec.soft.as_ref().map(|s| s.teacher.clone()),
     };
+    // Linear probing: the head alone on cached embeddings. Its best epoch's head is restored
+    // and saved once as the checkpoint; its validation score is the one fine-tuning must beat.
+    let (clf, probe_score, info) = match (probe, probe_data) {
+        (Some(cfg), Some(pdata)) => {
+            let probe_spec = TrainSpec {
+                mode: Mode::Head,
+                config: cfg.clone(),
+                ..spec.clone()
+            };
+            let vars = clf.trained_vars(Mode::Head);
+            let mut task = ClassifyTask {
+                clf,
+                spec: &probe_spec,
+                data: pdata,
+                info,
+                last_metrics: None,
+                soft: None,
+                hidden: None,
+                snapshot: Some(vec![]),
+            };
+            let control = Control {
+                checkpointing: None,
+                interrupt: spec.interrupt,
+                best: None,
+            };
+            let r = fit(&mut task, vars.clone(), cfg, &control, &mut |_| {})?;
+            let snap = task.snapshot.take().unwrap_or_default();
+            for ((_, v), t) in vars.iter().zip(&snap) {
+                v.set(t)?;
+            }
+            let mut info = task.info;
+            info.epoch = None;
+            task.clf.save(spec.base, spec.out, &info)?;
+            (task.clf, r.best_score, info)
+        }
+        _ => (clf, None, info),
+    };
+    let mut clf = clf;
+    let vars = clf.trained_vars(spec.mode);
+    clf.encoder.model.train = spec.mode != Mode::Head;
     let mut task = ClassifyTask {
         clf,
         spec,
@@ -753,6 +846,7 @@ pub fn train(
         last_metrics: None,
         soft,
         hidden,
+        snapshot: None,
     };
     let control = Control {
         checkpointing: Some(Checkpointing {
@@ -774,7 +868,9 @@ pub fn train(
             ),
         }),
         interrupt: spec.interrupt,
+        best: probe_score,
     };
-    let report = fit(&mut task, vars, &spec.config, &control, progress)?;
+    let mut report = fit(&mut task, vars, &spec.config, &control, progress)?;
+    report.probe_score = probe_score;
     Ok((report, task.info))
 }

@@ -124,8 +124,23 @@ pub fn sample_shots(examples: &[Example], k: usize, seed: u64) -> Result<Vec<Exa
         .collect())
 }
 
+/// The labels with fewer than `k` examples in `examples`, with their counts (name order): the
+/// ones a K-shot draw takes whole.
+pub fn short_labels(examples: &[Example], k: usize) -> Vec<(String, usize)> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in examples {
+        *counts.entry(e.label.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, n)| n < k)
+        .map(|(l, n)| (l.to_string(), n))
+        .collect()
+}
+
 /// The positions in `examples` of K examples of each label, drawn with `seed` (labels in name
-/// order); the draw `sample_shots` returns.
+/// order); the draw `sample_shots` returns. A label with fewer than K examples gives all it has
+/// (`short_labels` names them, so callers can say so).
 pub fn shot_indices(examples: &[Example], k: usize, seed: u64) -> Result<Vec<usize>> {
     if k == 0 {
         return Err(Error::Invalid("--shots must be at least 1".into()));
@@ -138,17 +153,6 @@ pub fn shot_indices(examples: &[Example], k: usize, seed: u64) -> Result<Vec<usi
         return Err(Error::Invalid(format!(
             "few-shot learning needs at least 2 labels; the data has {}",
             by_label.len()
-        )));
-    }
-    if let Some((l, v)) = by_label
-        .iter()
-        .filter(|(_, v)| v.len() < k)
-        .min_by_key(|(_, v)| v.len())
-    {
-        return Err(Error::Invalid(format!(
-            "--shots {k}: label '{l}' has only {} examples; choose --shots {} or fewer",
-            v.len(),
-            v.len()
         )));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -229,10 +233,11 @@ pub fn learning_curve(
         let mut acc = vec![];
         let mut f1 = vec![];
         for d in 0..draws.max(1) {
-            let idx = match shot_indices(train, k, cfg.seed + d as u64) {
-                Ok(i) => i,
-                Err(_) => break, // a label has fewer than k examples
-            };
+            // A point is K per label: past the rarest label's count the curve ends.
+            if !short_labels(train, k).is_empty() {
+                break;
+            }
+            let idx = shot_indices(train, k, cfg.seed + d as u64)?;
             let shots = pool.select(&idx)?;
             learner.set_weights(&init)?;
             learner.fit(
@@ -503,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn shots_are_k_per_class_and_too_many_names_the_class() {
+    fn shots_are_k_per_class_or_all_a_rare_class_has() {
         let data: Vec<Example> = (0..10)
             .map(|i| ex(&format!("t{i}"), if i < 7 { "a" } else { "b" }))
             .collect();
@@ -512,11 +517,12 @@ mod tests {
         assert_eq!(s.iter().filter(|e| e.label == "b").count(), 2);
         assert_eq!(s, sample_shots(&data, 2, 1).unwrap());
         assert_ne!(s, sample_shots(&data, 2, 2).unwrap());
-        let e = sample_shots(&data, 4, 1).unwrap_err().to_string();
-        assert!(
-            e.contains("'b' has only 3") && e.contains("--shots 3"),
-            "{e}"
-        );
+        // A label with fewer than K gives all it has, and is named.
+        let s = sample_shots(&data, 4, 1).unwrap();
+        assert_eq!(s.iter().filter(|e| e.label == "b").count(), 3);
+        assert_eq!(s.iter().filter(|e| e.label == "a").count(), 4);
+        assert_eq!(short_labels(&data, 4), vec![("b".to_string(), 3)]);
+        assert!(short_labels(&data, 3).is_empty());
         let one: Vec<Example> = data.iter().filter(|e| e.label == "a").cloned().collect();
         assert!(sample_shots(&one, 1, 1)
             .unwrap_err()

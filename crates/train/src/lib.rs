@@ -2,6 +2,7 @@
 //! text classifiers trained by it in head (transfer) or full (fine-tuning) mode (`classifier`),
 //! and their metrics (`metrics`).
 
+pub mod battery;
 pub mod classifier;
 pub mod data;
 pub mod distill;

@@ -365,6 +365,7 @@ pub fn train_sft(spec: &SftSpec, progress: &mut dyn FnMut(Progress)) -> Result<S
             fingerprint,
         }),
         interrupt: spec.interrupt,
+        best: None,
     };
     let tokens: usize = train.iter().map(|e| e.ids.len()).sum();
     let mut task = SftTask {

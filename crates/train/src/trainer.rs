@@ -130,6 +130,10 @@ pub struct FitReport {
     pub examples_per_s: f64,
     /// Validation score after each epoch.
     pub history: Vec<Option<f64>>,
+    /// The linear probe's validation score, when the run began with one (`best_epoch` is then
+    /// `None` if no later epoch beat it: the probe's head on the pretrained encoder is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_score: Option<f64>,
 }
 
 /// A seed for a batch's random draws (dropout masks) that follows from `start` and the batch's
@@ -192,6 +196,9 @@ pub struct Control<'a> {
     pub checkpointing: Option<Checkpointing>,
     /// Set (for example by a Ctrl-C handler) to stop after the current step, saving the state.
     pub interrupt: Option<&'a AtomicBool>,
+    /// A validation score an earlier phase already reached and kept (linear probing before
+    /// fine-tuning): an epoch is kept only when it beats it.
+    pub best: Option<f64>,
 }
 
 /// `trainer_state.json`: where an interrupted run stood.
@@ -342,7 +349,7 @@ pub fn fit(
         epoch: 0,
         batch: 0,
         step: 0,
-        best: None,
+        best: control.best,
         best_epoch: None,
         since_best: 0,
         history: vec![],
@@ -469,6 +476,7 @@ pub fn fit(
         seconds,
         examples_per_s: seen as f64 / seconds.max(1e-9),
         history: st.history,
+        probe_score: None,
     })
 }
 
@@ -644,6 +652,7 @@ mod tests {
             let control = Control {
                 checkpointing: Some(ck(resume)),
                 interrupt: Some(&flag),
+                best: None,
             };
             let err = fit(&mut task, vars.clone(), &cfg, &control, &mut |p| {
                 if p.step == stop_at {
@@ -663,6 +672,7 @@ mod tests {
         let control = Control {
             checkpointing: Some(ck(true)),
             interrupt: Some(&flag),
+            best: None,
         };
         let rest = fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).unwrap();
         let got: Vec<f32> = vars
@@ -679,6 +689,7 @@ mod tests {
         let control = Control {
             checkpointing: Some(ck(true)),
             interrupt: None,
+            best: None,
         };
         let e = fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("no saved training state"), "{e}");
@@ -686,6 +697,7 @@ mod tests {
         let control = Control {
             checkpointing: Some(ck(false)),
             interrupt: Some(&flag),
+            best: None,
         };
         assert!(fit(&mut task, vars.clone(), &cfg, &control, &mut |_| {}).is_err());
         let other = TrainConfig {
@@ -695,6 +707,7 @@ mod tests {
         let control = Control {
             checkpointing: Some(ck(true)),
             interrupt: None,
+            best: None,
         };
         let e = fit(&mut task, vars.clone(), &other, &control, &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("lr is 0.1, was 0.05"), "{e}");
@@ -703,6 +716,7 @@ mod tests {
         let control = Control {
             checkpointing: Some(c),
             interrupt: None,
+            best: None,
         };
         let e = fit(&mut task, vars, &cfg, &control, &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("training data, base model"), "{e}");
