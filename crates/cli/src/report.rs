@@ -406,7 +406,7 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
         );
     }
     reference_prompt(a)?;
-    let task = load_task(&a, ctx.quiet)?;
+    let task = load_task(a, ctx.quiet)?;
     if let Some(l) = task
         .labels
         .iter()
@@ -420,8 +420,8 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
     let pricing = a
         .sources
         .pricing(&a.reference, a.usd_per_hour, a.billing.billing())?;
-    let instance = instance(&a, ctx)?;
-    let base = resolve_base(&a, ctx.quiet)?;
+    let instance = instance(a, ctx)?;
+    let base = resolve_base(a, ctx.quiet)?;
     let rows_dir = a.out.join("rows");
     std::fs::create_dir_all(&rows_dir)
         .with_context(|| format!("creating {}", rows_dir.display()))?;
@@ -468,13 +468,13 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
         }
         let t0 = Instant::now();
         let mut row = match name {
-            "reference" => reference_row(&a, &task, &pricing)?,
+            "reference" => reference_row(a, &task, &pricing)?,
             "majority" => majority_row(&task),
-            "zeroshot" => zeroshot_row(&a, &task, &base, &pricing, ctx.quiet)?,
-            "distilled" => distilled_row(&a, &task, &pricing, ctx.quiet)?,
-            "federated" => federated_row(&a, &task, &pricing, ctx)?,
-            "chat" | "chat-fewshot" => chat_row(name, &a, &task, &pricing, ctx.quiet)?,
-            _ => trained_row(name, &a, &task, &base, &pricing, ctx.quiet)?,
+            "zeroshot" => zeroshot_row(a, &task, &base, &pricing, ctx.quiet)?,
+            "distilled" => distilled_row(a, &task, &pricing, ctx.quiet)?,
+            "federated" => federated_row(a, &task, &pricing, ctx)?,
+            "chat" | "chat-fewshot" => chat_row(name, a, &task, &pricing, ctx.quiet)?,
+            _ => trained_row(name, a, &task, &base, &pricing, ctx.quiet)?,
         };
         row.key = key;
         row.wall_seconds = t0.elapsed().as_secs_f64();
@@ -493,9 +493,9 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
         write_atomic(&file, &serde_json::to_vec_pretty(&row)?)?;
         rows.push(row);
     }
-    let curve = curve(&a, &task, &base, &common, &rows_dir, ctx.quiet)?;
-    let generation = generation(&a, &pricing, &common, &rows_dir, ctx.quiet)?;
-    let (basis, verdicts) = verdicts(&a, &rows, &instance);
+    let curve = curve(a, &task, &base, &common, &rows_dir, ctx.quiet)?;
+    let generation = generation(a, &pricing, &common, &rows_dir, ctx.quiet)?;
+    let (basis, verdicts) = verdicts(a, &rows, &instance);
     let best = rows
         .iter()
         .filter(|r| !BASELINES.contains(&r.name.as_str()))

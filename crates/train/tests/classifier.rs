@@ -40,6 +40,7 @@ fn full_fine_tuning_learns_saves_and_reloads() {
         labels: None,
         soft: None,
         hidden: None,
+        probe: None,
     };
     let mut losses = vec![];
     train(&spec, &mut |p| losses.push(p.loss)).unwrap();
@@ -103,6 +104,7 @@ fn an_interrupted_fine_tuning_resumes_to_the_same_checkpoint() {
         labels: None,
         soft: None,
         hidden: None,
+        probe: None,
     };
     train(&spec, &mut |_| {}).unwrap();
     assert!(
@@ -178,6 +180,7 @@ fn a_single_class_and_unknown_validation_labels_are_refused() {
         labels: None,
         soft: None,
         hidden: None,
+        probe: None,
     };
     let e = train(&spec, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("at least 2 labels"), "{e}");
@@ -222,6 +225,7 @@ fn transfer_learning_on_real_minilm_separates_the_toy_task() {
         labels: None,
         soft: None,
         hidden: None,
+        probe: None,
     };
     let (report, info) = train(&spec, &mut |_| {}).unwrap();
     assert_eq!(report.best_score, Some(1.0), "{:?}", report.history);
