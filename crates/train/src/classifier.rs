@@ -770,10 +770,13 @@ pub fn train(
         }
     };
     let texts: Vec<&str> = spec.train.iter().map(|e| e.text.as_str()).collect();
+    // A resumed run restores every trained weight (the head too) and its best score from its
+    // saved state, so the probe does not run again.
+    let resuming = spec.resume && state_dir(spec.out).is_dir();
     let probe = spec
         .probe
         .as_ref()
-        .filter(|_| spec.mode != Mode::Head && soft.is_none() && hidden.is_none());
+        .filter(|_| spec.mode != Mode::Head && soft.is_none() && hidden.is_none() && !resuming);
     let probe_data = match probe {
         Some(_) => Some(Prepared::new(
             &clf.encoder,
