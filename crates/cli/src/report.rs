@@ -405,7 +405,7 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
             ALTERNATIVES.join(", ")
         );
     }
-    reference_prompt(a)?;
+    let prompt = reference_prompt(a)?;
     let task = load_task(a, ctx.quiet)?;
     if let Some(l) = task
         .labels
@@ -448,9 +448,7 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
                 "{name}|{common}|{}|{}|{:?}|{:?}|{:?}",
                 a.reference,
                 pricing.billing.describe(),
-                a.reference_prompt
-                    .as_ref()
-                    .map(|_| reference_prompt(a).map(|t| t.0).unwrap_or_default()),
+                a.reference_prompt.as_ref().map(|_| &prompt.0),
                 a.reference_answers,
                 (a.reference_accuracy, &a.reference_source),
             ),
@@ -468,7 +466,7 @@ pub fn run_report(a: &ReportArgs, ctx: &Ctx) -> Result<(serde_json::Value, Strin
         }
         let t0 = Instant::now();
         let mut row = match name {
-            "reference" => reference_row(a, &task, &pricing)?,
+            "reference" => reference_row(a, &task, &pricing, &prompt)?,
             "majority" => majority_row(&task),
             "zeroshot" => zeroshot_row(a, &task, &base, &pricing, ctx.quiet)?,
             "distilled" => distilled_row(a, &task, &pricing, ctx.quiet)?,
@@ -789,8 +787,14 @@ fn curve(
     Ok(v)
 }
 
-fn reference_row(a: &ReportArgs, task: &Task, pricing: &Pricing) -> Result<Row> {
-    let (template, prompt_name) = reference_prompt(a)?;
+/// The reference's row: `prompt` (the template and its name, from `reference_prompt`) priced
+/// on every test text, its quality from its answers or the published figure.
+fn reference_row(
+    a: &ReportArgs,
+    task: &Task,
+    pricing: &Pricing,
+    (template, prompt_name): &(String, String),
+) -> Result<Row> {
     let mut usd = 0.0;
     for e in &task.test {
         let prompt = template

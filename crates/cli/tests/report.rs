@@ -2,7 +2,7 @@
 //! resume, the reference's quality from given answers, and bad input.
 
 mod common;
-use common::{fails, frugal};
+use common::{fails, frugal, json_of};
 use serde_json::Value;
 
 fn toy(dir: &std::path::Path) -> std::path::PathBuf {
@@ -338,9 +338,7 @@ fn the_reference_is_priced_on_its_real_prompt_and_judged_by_its_published_qualit
             "--json",
         ];
         args.extend_from_slice(extra);
-        let r = frugal().args(&args).output().unwrap();
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        serde_json::from_slice(&r.stdout).unwrap()
+        json_of(&args)
     };
     let plain = run("a", &[]);
     let names: Vec<&str> = plain["rows"]

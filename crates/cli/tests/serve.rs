@@ -4,7 +4,7 @@
 //! `frugal route calibrate`.
 
 mod common;
-use common::{fails, frugal};
+use common::{fails, frugal, json_of};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -1309,25 +1309,16 @@ fn a_long_prompt_does_not_stall_a_short_one_and_answers_as_one_pass_does() {
         v["usage"]["prompt_tokens"].as_u64().unwrap() > 2 * 256,
         "{v}"
     );
-    let out = frugal()
-        .args([
-            "generate",
-            "--prompt",
-            &medium,
-            "--max-tokens",
-            "12",
-            "--temperature",
-            "0",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = json_of(&[
+        "generate",
+        "--prompt",
+        &medium,
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
     assert_eq!(
         v["choices"][0]["message"]["content"], g["text"],
         "{v} vs {g}"

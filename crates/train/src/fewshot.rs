@@ -230,13 +230,13 @@ pub fn learning_curve(
     let mut points = vec![];
     let mut done = 0;
     for &k in ks.iter() {
+        // A point is K per label: past the rarest label's count there is none.
+        if !short_labels(train, k).is_empty() {
+            continue;
+        }
         let mut acc = vec![];
         let mut f1 = vec![];
         for d in 0..draws.max(1) {
-            // A point is K per label: past the rarest label's count the curve ends.
-            if !short_labels(train, k).is_empty() {
-                break;
-            }
             let idx = shot_indices(train, k, cfg.seed + d as u64)?;
             let shots = pool.select(&idx)?;
             learner.set_weights(&init)?;
