@@ -8,6 +8,15 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Each test below runs a whole federation (a SuperLink, Flower's server app and several node
+/// processes) whose rounds must meet the nodes a test starts or kills while it runs; on a
+/// 2-core machine several at once starve each other and the timing breaks. One at a time.
+fn one_federation_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one still runs alone.
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Every `step`-th line of a split of the SpamAssassin data (both labels, in the corpus order).
 fn subset(dir: &Path, split: &str, step: usize) -> PathBuf {
     let data = dir.join("spam");
@@ -28,6 +37,7 @@ fn subset(dir: &Path, split: &str, step: usize) -> PathBuf {
 
 #[test]
 fn rust_nodes_train_a_classifier_on_flower_over_tls_as_the_simulation_does() {
+    let _alone = one_federation_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 7);
     let test = subset(dir.path(), "test", 4);
@@ -144,11 +154,12 @@ fn superlink_of(out: &Path) -> Option<(String, PathBuf)> {
 
 #[test]
 fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
+    let _alone = one_federation_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 9);
     let out = dir.path().join("up");
     let mut up = start_up(
-        &["--nodes", "3", "--min-nodes", "2", "--rounds", "8"],
+        &["--nodes", "3", "--min-nodes", "2", "--rounds", "30"],
         &train,
         &out,
     );
@@ -177,7 +188,7 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
         .status()
         .unwrap();
     assert!(killed.success());
-    // ... and, while the run is on (8 rounds: a federation of small nodes finishes a round in
+    // ... and, while the run is on (30 rounds: a federation of small nodes finishes a round in
     // seconds, and both nodes below must meet it running), a node given another CA is told
     // what failed ...
     let (addr, ca) = superlink_of(&out).unwrap();
@@ -225,7 +236,9 @@ fn a_federation_survives_a_killed_node_and_a_node_that_cannot_take_the_model() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(
-        v["history"]["evaluate"]["8"]["accuracy"].as_f64().is_some(),
+        v["history"]["evaluate"]["30"]["accuracy"]
+            .as_f64()
+            .is_some(),
         "{v}"
     );
     let server = std::fs::read_to_string(out.join("logs/serverapp.log")).unwrap();
@@ -292,6 +305,7 @@ fn an_unreachable_superlink_is_retried_then_named() {
 
 #[test]
 fn a_superlink_of_another_flower_version_is_named() {
+    let _alone = one_federation_at_a_time();
     use std::io::{Read, Write};
     // A server that describes itself as Flower 1.41.0 (as a SuperLink's /openapi.json does).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -343,6 +357,7 @@ fn flower_bin() -> PathBuf {
 
 #[test]
 fn a_node_started_before_its_superlink_keeps_trying_and_joins() {
+    let _alone = one_federation_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 50);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -431,6 +446,7 @@ fn a_node_started_before_its_superlink_keeps_trying_and_joins() {
 
 #[test]
 fn fedprox_with_server_side_differential_privacy_runs_on_flower() {
+    let _alone = one_federation_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 12);
     let out = dir.path().join("prox");
@@ -525,6 +541,7 @@ impl Proxy {
 
 #[test]
 fn a_node_whose_connection_drops_mid_run_comes_back_and_keeps_training() {
+    let _alone = one_federation_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let train = subset(dir.path(), "train", 12);
     let out = dir.path().join("up");
