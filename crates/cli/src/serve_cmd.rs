@@ -8,7 +8,7 @@ use crate::train_cmd::load_eval;
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use frugal_serve::cache::CacheConfig;
+use frugal_serve::cache::{CacheConfig, VerifierConfig};
 use frugal_serve::pricing::Pricing;
 use frugal_serve::route::{calibrate, margin, Calibration, Case, RouteConfig};
 use frugal_serve::ServeConfig;
@@ -93,6 +93,14 @@ pub struct ServeArgs {
     /// Answers the cache keeps.
     #[arg(long, default_value_t = 1024)]
     cache_size: usize,
+    /// A pair classifier from `frugal cache train`: a hit must also pass it (reads the cached
+    /// request and the new one together).
+    #[arg(long, requires = "cache")]
+    cache_verifier: Option<PathBuf>,
+    /// The verifier's probability of "the same question" a hit needs (choose it with
+    /// `frugal cache eval --verifier DIR --target-false-hits 0.01`).
+    #[arg(long, default_value_t = frugal_serve::cache::DEFAULT_MIN_PROB, value_parser = crate::unit_interval, requires = "cache_verifier")]
+    cache_verifier_min: f32,
     #[command(flatten)]
     billing: crate::cost_cmd::BillingArgs,
     #[command(flatten)]
@@ -148,6 +156,14 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
             a.cache_threshold
         );
     }
+    if let Some(dir) = &a.cache_verifier {
+        if !dir.join("frugal.json").is_file() {
+            bail!(
+                "--cache-verifier {}: not a frugal classifier checkpoint (no frugal.json); train one with `frugal cache train --pairs FILE --out DIR`",
+                dir.display()
+            );
+        }
+    }
     for (name, dir) in &a.classifier {
         if !dir.join("frugal.json").is_file() {
             bail!(
@@ -187,6 +203,10 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
             encoder: a.cache_model.clone(),
             threshold: a.cache_threshold,
             capacity: a.cache_size,
+            verifier: a.cache_verifier.clone().map(|dir| VerifierConfig {
+                dir,
+                min_prob: a.cache_verifier_min,
+            }),
         }),
         precision: {
             let (p, notice) = ctx.precision.resolve();

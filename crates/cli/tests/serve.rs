@@ -1341,3 +1341,128 @@ fn a_prompt_past_the_servers_limit_is_refused_by_name() {
     let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", "Hi", 2));
     assert_eq!(c, 200, "{v}");
 }
+
+/// A cache verifier: `cache train` fine-tunes MiniLM on labelled pairs; `cache eval --verifier`
+/// counts the candidates it refuses; `serve --cache-verifier` refuses a hit the verifier is not
+/// sure enough of and answers it with the model instead.
+#[test]
+fn a_cache_verifier_is_trained_measured_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = [
+        "reset my password",
+        "cancel my order",
+        "change my email address",
+        "delete my account",
+        "update my billing card",
+        "track my parcel",
+        "download my invoice",
+        "turn on two-factor login",
+        "export my contacts",
+        "merge two accounts",
+    ];
+    let mut lines = String::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let other = tasks[(i + 3) % tasks.len()];
+        lines += &json!({"text_a": format!("How do I {t}?"), "text_b": format!("How can I {t}?"), "label": 1}).to_string();
+        lines += "\n";
+        lines += &json!({"text_a": format!("How do I {t}?"), "text_b": format!("How do I {other}?"), "label": 0}).to_string();
+        lines += "\n";
+    }
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(&pairs, &lines).unwrap();
+    let ver = dir.path().join("verifier");
+    let p = pairs.to_str().unwrap();
+    let v = ver.to_str().unwrap();
+    let out = frugal()
+        .args(["cache", "train", "--pairs", p, "--out", v, "--epochs", "1"])
+        .args(["--max-len", "32", "--json", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (t["train_pairs"].as_u64(), t["valid_pairs"].as_u64()),
+        (Some(18), Some(2))
+    );
+    let eval = |min: &str| -> Value {
+        let out = frugal()
+            .args([
+                "cache",
+                "eval",
+                "--pairs",
+                p,
+                "--threshold",
+                "0.5",
+                "--json",
+            ])
+            .args(["--verifier", v, "--min-prob", min, "-q"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (lax, strict) = (eval("0.0001"), eval("1"));
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    // The same candidates either way; the verifier's minimum decides which are served.
+    assert_eq!(
+        n(&lax, "hits") + n(&lax, "unverified"),
+        n(&strict, "hits") + n(&strict, "unverified")
+    );
+    assert!(n(&lax, "hits") > 0 && n(&lax, "unverified") == 0, "{lax}");
+    assert!(
+        n(&strict, "hits") == 0 && n(&strict, "unverified") > 0,
+        "{strict}"
+    );
+    assert_eq!(strict["min_prob"].as_f64(), Some(1.0));
+    // A folder that is not a verifier is refused by flag.
+    let out = frugal()
+        .args([
+            "cache",
+            "eval",
+            "--pairs",
+            p,
+            "--verifier",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--verifier"), "{err}");
+
+    let s = Server::start(&[
+        "--model",
+        "smollm2",
+        "--model",
+        "minilm",
+        "--cache",
+        "--cache-verifier",
+        v,
+        "--cache-verifier-min",
+        "1",
+    ]);
+    let ask = |q: &str| {
+        let (c, v) = s.post("/v1/chat/completions", &chat_body("smollm2", q, 8));
+        assert_eq!(c, 200, "{v}");
+        v
+    };
+    assert_eq!(
+        ask("How do I reset my password?")["frugal"]["cache"],
+        "miss"
+    );
+    let again = ask("How do I reset my password?");
+    assert_eq!(again["frugal"]["cache"], "unverified", "{again}");
+    assert!(again["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let (_, m) = s.get("/metrics");
+    assert!(
+        m.contains("frugal_cache_lookups_total{result=\"unverified\"} 1"),
+        "{m}"
+    );
+}

@@ -5,6 +5,12 @@
 //! question about another number ("5 miles" / "50 miles") embed almost identically but need other
 //! answers. The guard refuses a hit unless both texts carry the same negation cues and the same
 //! numbers; such near misses are counted as `guarded`.
+//!
+//! Similarity and the guard still let through pairs that differ in ways only a reader sees (roles
+//! swapped, "how can" / "can", another entity). A verifier, a pair classifier trained with
+//! `frugal cache train` on labelled pairs, reads the cached request and the new one together and
+//! must find them the same question with at least `min_prob` before a hit is served; a candidate
+//! it refuses is counted as `unverified`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,6 +24,32 @@ pub struct CacheConfig {
     pub threshold: f32,
     /// Answers kept; the oldest goes first.
     pub capacity: usize,
+    /// The pair classifier a hit must also pass.
+    pub verifier: Option<VerifierConfig>,
+}
+
+/// `--cache-verifier`: a `frugal cache train` checkpoint and how sure it must be.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// The checkpoint folder.
+    pub dir: std::path::PathBuf,
+    /// Probability of [`SAME`] at or above which a candidate hit is served.
+    pub min_prob: f32,
+}
+
+/// The verifier's minimum probability unless told otherwise (see the README's Reliability section
+/// for how it was chosen).
+pub const DEFAULT_MIN_PROB: f32 = 0.9;
+
+/// The verifier's label for two texts asking the same thing (the other is [`DIFFERENT`]).
+pub const SAME: &str = "same";
+/// The verifier's label for two texts that need different answers.
+pub const DIFFERENT: &str = "different";
+
+/// The one text a verifier reads for a pair: the cached request, then the new one, joined by the
+/// BERT-family separator token (which the tokenizer reads as its `[SEP]`).
+pub fn pair_text(cached: &str, asked: &str) -> String {
+    format!("{} [SEP] {}", cached.trim(), asked.trim())
 }
 
 /// A cached answer.
@@ -36,10 +68,18 @@ pub enum Lookup {
     Hit {
         answer: CachedAnswer,
         similarity: f32,
+        /// The cached request the answer was given to (what a verifier compares).
+        cached_text: String,
     },
     /// Similar enough, but the guard saw a different negation or number.
     Guarded {
         similarity: f32,
+    },
+    /// Similar and past the guard, but the verifier's probability of the same question was
+    /// below its minimum.
+    Unverified {
+        similarity: f32,
+        p_same: f32,
     },
     Miss,
 }
@@ -50,6 +90,7 @@ impl Lookup {
         match self {
             Lookup::Hit { .. } => "hit",
             Lookup::Guarded { .. } => "guarded",
+            Lookup::Unverified { .. } => "unverified",
             Lookup::Miss => "miss",
         }
     }
@@ -144,6 +185,8 @@ pub struct PairCase {
     pub compatible: bool,
     /// Whether they really ask the same thing.
     pub same: bool,
+    /// The verifier's probability that they ask the same thing, when one was run.
+    pub p_same: Option<f32>,
 }
 
 impl PairCase {
@@ -153,6 +196,7 @@ impl PairCase {
             similarity: cosine(va, vb),
             compatible: compatible(a, b),
             same,
+            p_same: None,
         }
     }
 }
@@ -170,15 +214,31 @@ pub struct CacheEval {
     pub recall: f64,
     /// Pairs above the threshold that the guard refused.
     pub guarded: usize,
+    /// The verifier's minimum probability, when it judged.
+    pub min_prob: Option<f32>,
+    /// Pairs past threshold and guard that the verifier refused.
+    pub unverified: usize,
 }
 
-/// Evaluates the decision rule at `threshold` on `cases`.
+/// Evaluates the decision rule at `threshold` (similarity, then the guard) on `cases`.
 pub fn evaluate(cases: &[PairCase], threshold: f32) -> CacheEval {
-    let (mut hits, mut false_hits, mut guarded, mut same_hits) = (0, 0, 0, 0);
+    evaluate_verified(cases, threshold, None)
+}
+
+/// Evaluates the rule with a verifier too: a pair past threshold and guard is a hit only if its
+/// `p_same` is at least `min_prob` (a pair the verifier did not judge is refused).
+pub fn evaluate_verified(cases: &[PairCase], threshold: f32, min_prob: Option<f32>) -> CacheEval {
+    let (mut hits, mut false_hits, mut guarded, mut same_hits, mut unverified) = (0, 0, 0, 0, 0);
     for c in cases.iter().filter(|c| c.similarity >= threshold) {
         if !c.compatible {
             guarded += 1;
             continue;
+        }
+        if let Some(m) = min_prob {
+            if c.p_same.is_none_or(|p| p < m) {
+                unverified += 1;
+                continue;
+            }
         }
         hits += 1;
         if c.same {
@@ -204,6 +264,8 @@ pub fn evaluate(cases: &[PairCase], threshold: f32) -> CacheEval {
             same_hits as f64 / same as f64
         },
         guarded,
+        min_prob,
+        unverified,
     }
 }
 
@@ -219,6 +281,26 @@ pub fn threshold_for(
     sims.dedup();
     sims.into_iter()
         .map(|t| evaluate(cases, t))
+        .find(|e| e.hits >= min_hits && e.false_hit_rate <= max_false_hit_rate)
+}
+
+/// At a fixed `threshold`, the lowest verifier minimum (of the cases' own probabilities) at
+/// which false hits are at most `max_false_hit_rate` of hits, with at least `min_hits` hits.
+pub fn min_prob_for(
+    cases: &[PairCase],
+    threshold: f32,
+    max_false_hit_rate: f64,
+    min_hits: usize,
+) -> Option<CacheEval> {
+    let mut ps: Vec<f32> = cases
+        .iter()
+        .filter(|c| c.similarity >= threshold)
+        .filter_map(|c| c.p_same)
+        .collect();
+    ps.sort_by(|a, b| a.total_cmp(b));
+    ps.dedup();
+    ps.into_iter()
+        .map(|p| evaluate_verified(cases, threshold, Some(p)))
         .find(|e| e.hits >= min_hits && e.false_hit_rate <= max_false_hit_rate)
 }
 
@@ -251,6 +333,7 @@ impl SemanticCache {
                     Lookup::Hit {
                         answer: e.answer.clone(),
                         similarity: sim,
+                        cached_text: e.text.clone(),
                     }
                 } else {
                     Lookup::Guarded { similarity: sim }
@@ -294,6 +377,7 @@ mod tests {
             similarity,
             compatible,
             same,
+            p_same: None,
         };
         let cases = [
             case(0.99, true, true),
@@ -317,6 +401,34 @@ mod tests {
             false,
         );
         assert!(!e.compatible && (e.similarity - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_verifier_refuses_candidates_below_its_minimum() {
+        let case = |similarity, same, p: Option<f32>| PairCase {
+            similarity,
+            compatible: true,
+            same,
+            p_same: p,
+        };
+        let cases = [
+            case(0.99, true, Some(0.9)),
+            case(0.98, false, Some(0.6)),
+            case(0.97, true, Some(0.7)),
+            case(0.96, true, None),
+            case(0.50, true, Some(0.99)),
+        ];
+        let e = evaluate_verified(&cases, 0.95, Some(0.65));
+        assert_eq!((e.hits, e.false_hits, e.unverified), (2, 0, 2));
+        assert!((e.recall - 0.5).abs() < 1e-12);
+        assert_eq!(evaluate_verified(&cases, 0.95, None).hits, 4);
+        let m = min_prob_for(&cases, 0.95, 0.0, 1).unwrap();
+        assert_eq!((m.min_prob, m.hits, m.false_hits), (Some(0.7), 2, 0));
+        assert!(min_prob_for(&cases, 0.95, 0.0, 3).is_none());
+        assert_eq!(
+            pair_text(" is it safe ", "is it not safe"),
+            "is it safe [SEP] is it not safe"
+        );
     }
 
     fn answer(t: &str) -> CachedAnswer {
@@ -351,6 +463,7 @@ mod tests {
             encoder: "e".into(),
             threshold: 0.9,
             capacity: 2,
+            verifier: None,
         });
         c.insert("k", vec![1.0, 0.0], "is it safe", answer("yes"));
         assert!(matches!(

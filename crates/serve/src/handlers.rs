@@ -4,7 +4,7 @@ use crate::api::{
     json_body, parse, ChatRequest, Classification, ClassifyRequest, CompletionRequest,
     EmbeddingRequest, Sampling, Usage,
 };
-use crate::cache::{CachedAnswer, Lookup};
+use crate::cache::{pair_text, CachedAnswer, Lookup};
 use crate::error::ApiError;
 use crate::metrics::{CacheLabels, EndpointLabels, ModelLabels, RequestLabels, RouteLabels};
 use crate::pricing::chat_text;
@@ -732,14 +732,40 @@ async fn probe_cache(st: &AppState, g: &Gen) -> Result<Option<(Lookup, Vec<f32>,
         .ok_or_else(|| ApiError::internal("the cache's encoder is not loaded"))?;
     let out = run_batch(st, w, enc, vec![text.clone()]).await?;
     let v = out.rows.into_iter().next().map(|r| r.0).unwrap_or_default();
-    let lookup = cache.lookup(key, &v, text);
+    let mut lookup = cache.lookup(key, &v, text);
+    let mut secs = out.compute_secs;
+    if let (
+        Lookup::Hit {
+            similarity,
+            cached_text,
+            ..
+        },
+        Some((vw, same)),
+        Some(vc),
+    ) = (&lookup, &l.cache_verifier, &cache.cfg.verifier)
+    {
+        let judged =
+            run_batch(st, vw, "cache-verifier", vec![pair_text(cached_text, text)]).await?;
+        secs += judged.compute_secs;
+        let p_same = judged
+            .rows
+            .first()
+            .and_then(|r| r.0.get(*same).copied())
+            .unwrap_or(0.0);
+        if p_same < vc.min_prob {
+            lookup = Lookup::Unverified {
+                similarity: *similarity,
+                p_same,
+            };
+        }
+    }
     st.metrics
         .cache
         .get_or_create(&CacheLabels {
             result: lookup.as_str().into(),
         })
         .inc();
-    Ok(Some((lookup, v, out.compute_secs)))
+    Ok(Some((lookup, v, secs)))
 }
 
 /// Runs a validated generation: cache, then the local model, streamed or whole.
@@ -754,7 +780,14 @@ async fn generate(st: Arc<AppState>, w: &ChatWorker, g: Gen) -> Result<Response,
     );
     let probe = probe_cache(&st, &g).await?;
     let cache_state = probe.as_ref().map(|p| p.0.as_str());
-    if let Some((Lookup::Hit { answer, similarity }, _, secs)) = &probe {
+    if let Some((
+        Lookup::Hit {
+            answer, similarity, ..
+        },
+        _,
+        secs,
+    )) = &probe
+    {
         let p = &st.cfg.pricing;
         let usage = Usage {
             prompt_tokens_details: None,

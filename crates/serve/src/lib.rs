@@ -71,6 +71,8 @@ pub struct Loaded {
     pub chat: BTreeMap<String, ChatWorker>,
     pub encoders: BTreeMap<String, BatchWorker>,
     pub classifiers: BTreeMap<String, (BatchWorker, Vec<String>)>,
+    /// The semantic cache's verifier and the index of its `same` label.
+    pub cache_verifier: Option<(BatchWorker, usize)>,
 }
 
 impl Loaded {
@@ -234,6 +236,7 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
         chat: BTreeMap::new(),
         encoders: BTreeMap::new(),
         classifiers: BTreeMap::new(),
+        cache_verifier: None,
     };
     let mut taken = std::collections::BTreeSet::new();
     let mut claim = |name: &str, flag: &str| -> Result<(), String> {
@@ -326,6 +329,31 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
                 "--cache needs an encoder to compare requests: serve one with --model {} (or set --cache-model)",
                 c.encoder
             ));
+        }
+        if let Some(v) = &c.verifier {
+            let at = |e: String| format!("--cache-verifier {}: {e}", v.dir.display());
+            let (mut clf, info) = frugal_train::classifier::Classifier::load(&v.dir)
+                .map_err(|e| at(e.to_string()))?;
+            let Some(same) = info.labels.iter().position(|l| l == cache::SAME) else {
+                return Err(at(format!(
+                    "not a cache verifier: its labels are {:?}, a verifier's are [\"{}\", \"{}\"]; train one with `frugal cache train`",
+                    info.labels,
+                    cache::DIFFERENT,
+                    cache::SAME
+                )));
+            };
+            clf.encoder
+                .model
+                .set_precision(cfg.precision)
+                .map_err(|e| at(e.to_string()))?;
+            let w = BatchWorker::spawn(
+                "cache-verifier",
+                classify_fn(clf, cfg.max_batch),
+                cfg.queue,
+                cfg.max_batch,
+                cfg.batch_wait,
+            );
+            loaded.cache_verifier = Some((w, same));
         }
     }
     if loaded.chat.is_empty() && loaded.encoders.is_empty() && loaded.classifiers.is_empty() {
@@ -463,6 +491,7 @@ mod tests {
             chat: BTreeMap::new(),
             encoders: BTreeMap::new(),
             classifiers: BTreeMap::new(),
+            cache_verifier: None,
         });
         let r = http
             .get(format!("http://{addr}/health"))
