@@ -39,7 +39,7 @@ pub struct VerifierConfig {
 
 /// The verifier's minimum probability unless told otherwise (see the README's Reliability section
 /// for how it was chosen).
-pub const DEFAULT_MIN_PROB: f32 = 0.9;
+pub const DEFAULT_MIN_PROB: f32 = 0.99;
 
 /// The verifier's label for two texts asking the same thing (the other is [`DIFFERENT`]).
 pub const SAME: &str = "same";
