@@ -7,8 +7,8 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use frugal_serve::cache::{
-    evaluate_verified, min_prob_for, pair_text, threshold_for, PairCase, DEFAULT_MIN_PROB,
-    DIFFERENT, SAME,
+    evaluate_verified, min_prob_for, pair_text, same_label, threshold_for, PairCase,
+    DEFAULT_MIN_PROB, DIFFERENT, SAME,
 };
 use frugal_train::classifier::{default_epochs, head_config, Classifier, Mode, TrainSpec};
 use frugal_train::data::Example;
@@ -374,13 +374,8 @@ pub fn run(cmd: CacheCmd, ctx: &Ctx) -> Result<()> {
 fn judge(dir: &std::path::Path, pairs: &[Pair], cases: &mut [PairCase], ctx: &Ctx) -> Result<()> {
     let (mut clf, info) =
         Classifier::load(dir).with_context(|| format!("--verifier {}", dir.display()))?;
-    let Some(same) = info.labels.iter().position(|l| l == SAME) else {
-        bail!(
-            "--verifier {}: not a cache verifier (labels {:?}); train one with `frugal cache train`",
-            dir.display(),
-            info.labels
-        );
-    };
+    let same = same_label(&info.labels)
+        .map_err(|e| anyhow::anyhow!("--verifier {}: {e}", dir.display()))?;
     crate::io::apply_precision(&mut clf.encoder, ctx)?;
     let texts: Vec<String> = pairs.iter().map(|(a, b, _)| pair_text(a, b)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -156,21 +156,25 @@ pub fn serve_cmd(a: ServeArgs, ctx: &Ctx) -> Result<()> {
             a.cache_threshold
         );
     }
-    if let Some(dir) = &a.cache_verifier {
+    // A flag naming a folder that is not a classifier checkpoint is refused before any loading.
+    let checkpoint = |flag: String, dir: &std::path::Path, how: &str| -> Result<()> {
         if !dir.join("frugal.json").is_file() {
             bail!(
-                "--cache-verifier {}: not a frugal classifier checkpoint (no frugal.json); train one with `frugal cache train --pairs FILE --out DIR`",
+                "{flag}{}: not a frugal classifier checkpoint (no frugal.json); train one with `{how}`",
                 dir.display()
             );
         }
+        Ok(())
+    };
+    if let Some(dir) = &a.cache_verifier {
+        checkpoint(
+            "--cache-verifier ".into(),
+            dir,
+            "frugal cache train --pairs FILE --out DIR",
+        )?;
     }
     for (name, dir) in &a.classifier {
-        if !dir.join("frugal.json").is_file() {
-            bail!(
-                "--classifier {name}={}: not a frugal classifier checkpoint (no frugal.json); train one with `frugal train`",
-                dir.display()
-            );
-        }
+        checkpoint(format!("--classifier {name}="), dir, "frugal train")?;
     }
     let addr: std::net::SocketAddr = format!("{}:{}", a.host, a.port)
         .parse()

@@ -1373,41 +1373,39 @@ fn a_cache_verifier_is_trained_measured_and_served() {
     let ver = dir.path().join("verifier");
     let p = pairs.to_str().unwrap();
     let v = ver.to_str().unwrap();
-    let out = frugal()
-        .args(["cache", "train", "--pairs", p, "--out", v, "--epochs", "1"])
-        .args(["--max-len", "32", "--json", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = json_of(&[
+        "cache",
+        "train",
+        "--pairs",
+        p,
+        "--out",
+        v,
+        "--epochs",
+        "1",
+        "--max-len",
+        "32",
+        "--json",
+        "-q",
+    ]);
     assert_eq!(
         (t["train_pairs"].as_u64(), t["valid_pairs"].as_u64()),
         (Some(18), Some(2))
     );
-    let eval = |min: &str| -> Value {
-        let out = frugal()
-            .args([
-                "cache",
-                "eval",
-                "--pairs",
-                p,
-                "--threshold",
-                "0.5",
-                "--json",
-            ])
-            .args(["--verifier", v, "--min-prob", min, "-q"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+    let eval = |min: &str| {
+        json_of(&[
+            "cache",
+            "eval",
+            "--pairs",
+            p,
+            "--threshold",
+            "0.5",
+            "--json",
+            "--verifier",
+            v,
+            "--min-prob",
+            min,
+            "-q",
+        ])
     };
     let (lax, strict) = (eval("0.0001"), eval("1"));
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap();

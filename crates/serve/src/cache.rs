@@ -46,6 +46,16 @@ pub const SAME: &str = "same";
 /// The verifier's label for two texts that need different answers.
 pub const DIFFERENT: &str = "different";
 
+/// The index of a verifier's [`SAME`] label among a checkpoint's labels, or why the checkpoint is
+/// not a verifier.
+pub fn same_label(labels: &[String]) -> Result<usize, String> {
+    labels.iter().position(|l| l == SAME).ok_or_else(|| {
+        format!(
+            "not a cache verifier: its labels are {labels:?}, a verifier's are [\"{DIFFERENT}\", \"{SAME}\"]; train one with `frugal cache train`"
+        )
+    })
+}
+
 /// The one text a verifier reads for a pair: the cached request, then the new one, joined by the
 /// BERT-family separator token (which the tokenizer reads as its `[SEP]`).
 pub fn pair_text(cached: &str, asked: &str) -> String {

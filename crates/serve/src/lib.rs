@@ -305,20 +305,9 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
     }
     for (name, dir) in &cfg.classifiers {
         claim(name, "--classifier")?;
-        let (mut clf, info) = frugal_train::classifier::Classifier::load(dir)
+        let (w, labels) = classifier_worker(cfg, name, dir)
             .map_err(|e| format!("--classifier {name}={}: {e}", dir.display()))?;
-        clf.encoder
-            .model
-            .set_precision(cfg.precision)
-            .map_err(|e| format!("--classifier {name}={}: {e}", dir.display()))?;
-        let w = BatchWorker::spawn(
-            name,
-            classify_fn(clf, cfg.max_batch),
-            cfg.queue,
-            cfg.max_batch,
-            cfg.batch_wait,
-        );
-        loaded.classifiers.insert(name.clone(), (w, info.labels));
+        loaded.classifiers.insert(name.clone(), (w, labels));
     }
     if let Some(r) = &cfg.route {
         r.check(&loaded)?;
@@ -332,28 +321,8 @@ pub fn load(cfg: &ServeConfig, store: &Store) -> Result<Loaded, String> {
         }
         if let Some(v) = &c.verifier {
             let at = |e: String| format!("--cache-verifier {}: {e}", v.dir.display());
-            let (mut clf, info) = frugal_train::classifier::Classifier::load(&v.dir)
-                .map_err(|e| at(e.to_string()))?;
-            let Some(same) = info.labels.iter().position(|l| l == cache::SAME) else {
-                return Err(at(format!(
-                    "not a cache verifier: its labels are {:?}, a verifier's are [\"{}\", \"{}\"]; train one with `frugal cache train`",
-                    info.labels,
-                    cache::DIFFERENT,
-                    cache::SAME
-                )));
-            };
-            clf.encoder
-                .model
-                .set_precision(cfg.precision)
-                .map_err(|e| at(e.to_string()))?;
-            let w = BatchWorker::spawn(
-                "cache-verifier",
-                classify_fn(clf, cfg.max_batch),
-                cfg.queue,
-                cfg.max_batch,
-                cfg.batch_wait,
-            );
-            loaded.cache_verifier = Some((w, same));
+            let (w, labels) = classifier_worker(cfg, "cache-verifier", &v.dir).map_err(at)?;
+            loaded.cache_verifier = Some((w, cache::same_label(&labels).map_err(at)?));
         }
     }
     if loaded.chat.is_empty() && loaded.encoders.is_empty() && loaded.classifiers.is_empty() {
@@ -374,6 +343,29 @@ fn embed_fn(enc: Encoder) -> BatchFn {
             .map(|(v, t)| (v, t.ids.len()))
             .collect())
     })
+}
+
+/// A `frugal train` checkpoint loaded at the served precision behind a batching worker, and its
+/// labels.
+fn classifier_worker(
+    cfg: &ServeConfig,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<(BatchWorker, Vec<String>), String> {
+    let (mut clf, info) =
+        frugal_train::classifier::Classifier::load(dir).map_err(|e| e.to_string())?;
+    clf.encoder
+        .model
+        .set_precision(cfg.precision)
+        .map_err(|e| e.to_string())?;
+    let w = BatchWorker::spawn(
+        name,
+        classify_fn(clf, cfg.max_batch),
+        cfg.queue,
+        cfg.max_batch,
+        cfg.batch_wait,
+    );
+    Ok((w, info.labels))
 }
 
 fn classify_fn(clf: frugal_train::classifier::Classifier, batch: usize) -> BatchFn {
