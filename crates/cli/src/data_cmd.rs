@@ -4,9 +4,7 @@ use crate::io::store;
 use crate::Ctx;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use frugal_train::data::{
-    anchor_split, load, spamassassin, stats, stratified_split, write_jsonl, Example, Fields,
-};
+use frugal_train::data::{load, stats, stratified_split, write_jsonl, Example, Fields, Splits};
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -38,9 +36,10 @@ impl FieldArgs {
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// `spamassassin` (the pinned corpus, split as the anchors split it), `email-subjects` (its
-    /// ham messages as prompt→answer pairs: body → subject, for `frugal sft`) or a
-    /// .jsonl/.csv/.tsv file.
+    /// `spamassassin` (the pinned corpus, split as the anchors split it), another task of the
+    /// quality battery (`frugal bench quality --list`; split as `frugal report --task` splits
+    /// it), `email-subjects` (SpamAssassin's ham messages as prompt→answer pairs: body → subject,
+    /// for `frugal sft`) or a .jsonl/.csv/.tsv file.
     source: String,
     /// Folder for train.jsonl, valid.jsonl and test.jsonl.
     #[arg(long, value_parser = crate::out_dir)]
@@ -53,14 +52,19 @@ pub struct PrepareArgs {
     /// Fraction of each label held out for validation (files only).
     #[arg(long, default_value_t = 0.1)]
     valid_frac: f64,
-    /// Seed of the stratified split (files only).
+    /// Seed of the stratified split (files only) and of the quick budget's subsample.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `quick`: the examples `frugal report --budget quick` trains and tests on (at most 800
+    /// training, 200 validation, 400 test, drawn with --seed), so that `train`, `fed simulate`
+    /// and the rest can be run on exactly the report's data; `full`: every example.
+    #[arg(long, value_enum, default_value = "full")]
+    budget: crate::report::Budget,
 }
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// `spamassassin` or a .jsonl/.csv/.tsv file.
+    /// `spamassassin`, another task of the quality battery, or a .jsonl/.csv/.tsv file.
     source: String,
     #[command(flatten)]
     fields: FieldArgs,
@@ -68,15 +72,31 @@ pub struct StatsArgs {
     json: bool,
 }
 
-/// Examples of a source: the built-in corpus by name, else a file.
-pub fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Example>> {
-    if source == "spamassassin" {
-        let dir = store(quiet).ensure("spamassassin")?;
-        return Ok(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());
+/// The splits of a built-in task (SpamAssassin or another battery task) named `source`, fetched
+/// on first use; `None` when `source` names none.
+pub(crate) fn battery_splits(source: &str, quiet: bool) -> Result<Option<Splits>> {
+    let Some(t) = frugal_train::battery::task(source) else {
+        return Ok(None);
+    };
+    let dir = store(quiet)
+        .ensure(t.asset)
+        .with_context(|| format!("{source}: fetching its data"))?;
+    Ok(Some(
+        frugal_train::battery::load(t, &dir).with_context(|| source.to_string())?,
+    ))
+}
+
+/// Examples of a source: a built-in task by name (every split), else a file.
+pub(crate) fn examples(source: &str, fields: &Fields, quiet: bool) -> Result<Vec<Example>> {
+    if let Some(s) = battery_splits(source, quiet)? {
+        return Ok([s.train, s.valid, s.test].concat());
     }
     let path = Path::new(source);
     if !path.is_file() {
-        anyhow::bail!("{source}: no such file, and not a built-in data set (spamassassin)");
+        anyhow::bail!(
+            "{source}: no such file, and not a built-in task ({})",
+            frugal_train::battery::names()
+        );
     }
     Ok(load(path, fields)?)
 }
@@ -101,11 +121,16 @@ pub fn run(cmd: DataCmd, ctx: &Ctx) -> Result<()> {
             Ok(())
         }
         DataCmd::Prepare(a) => {
-            let all = examples(&a.source, &a.fields.fields(), ctx.quiet)?;
-            let splits = if a.source == "spamassassin" {
-                anchor_split(all)
-            } else {
-                stratified_split(all, a.test_frac, a.valid_frac, a.seed)?
+            let splits = match battery_splits(&a.source, ctx.quiet)? {
+                Some(s) => s,
+                None => {
+                    let all = examples(&a.source, &a.fields.fields(), ctx.quiet)?;
+                    stratified_split(all, a.test_frac, a.valid_frac, a.seed)?
+                }
+            };
+            let splits = match a.budget {
+                crate::report::Budget::Quick => frugal_train::battery::quick(splits, a.seed),
+                crate::report::Budget::Full => splits,
             };
             std::fs::create_dir_all(&a.out)
                 .with_context(|| format!("creating {}", a.out.display()))?;

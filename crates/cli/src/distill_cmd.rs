@@ -29,17 +29,17 @@ pub struct DistillArgs {
     /// `{"text", "label"}` or `{"text", "probs": {label: p}}` per line (e.g. a hosted model's).
     #[arg(long)]
     teacher: String,
-    /// Labelled training data: `spamassassin` (its train split) or a .jsonl/.csv/.tsv file.
+    /// Labelled training data: `spamassassin` or another battery task (its train split) or a .jsonl/.csv/.tsv file.
     #[arg(long)]
     data: String,
-    /// Validation data for early stopping (default for spamassassin: its validation split).
+    /// Validation data for early stopping (default for a built-in task: its validation split).
     #[arg(long)]
     valid: Option<String>,
     /// Unlabelled texts the teacher labels as extra training data: a .txt file (one text per
     /// line) or the text field of a .jsonl/.csv/.tsv file.
     #[arg(long)]
     unlabelled: Option<PathBuf>,
-    /// Test data for the final table (default for spamassassin: its test split).
+    /// Test data for the final table (default for a built-in task: its test split).
     #[arg(long)]
     test: Option<String>,
     /// Student checkpoint folder.
@@ -208,7 +208,9 @@ pub fn distill_cmd(a: DistillArgs, ctx: &Ctx) -> Result<()> {
     let (train_set, valid) = load_sets(&a.data, a.valid.as_deref(), &a.fields, ctx.quiet)?;
     let test = match (&a.test, a.data.as_str()) {
         (Some(t), _) => Some(load_eval(t, &a.fields, ctx.quiet)?),
-        (None, "spamassassin") => Some(load_eval("spamassassin", &a.fields, ctx.quiet)?),
+        (None, d) if frugal_train::battery::task(d).is_some() => {
+            Some(load_eval(d, &a.fields, ctx.quiet)?)
+        }
         (None, _) => None,
     };
     let extra = match &a.unlabelled {

@@ -35,8 +35,8 @@ pub enum FedCmd {
 pub(crate) fn partition_groups(data: &str, partition: &Partition) -> Result<Option<Vec<String>>> {
     Ok(match partition {
         Partition::Field(f) => {
-            if data == "spamassassin" {
-                bail!("--partition field:{f}: the built-in spamassassin data has only text and label; give a file with that field");
+            if frugal_train::battery::task(data).is_some() {
+                bail!("--partition field:{f}: the built-in {data} data has only text and label; give a file with that field");
             }
             let g = load(
                 Path::new(data),
@@ -66,10 +66,10 @@ pub struct SimulateArgs {
     /// The encoder every node starts from (minilm, or a folder).
     #[arg(long, default_value = "minilm")]
     base: String,
-    /// The data to spread over the nodes: `spamassassin` (its train split) or a file.
+    /// The data to spread over the nodes: `spamassassin` or another task of the quality battery (its train split) or a file.
     #[arg(long, default_value = "spamassassin")]
     data: String,
-    /// Held-out test data (default for spamassassin: its test split).
+    /// Held-out test data (default for a built-in task: its test split).
     #[arg(long)]
     test: Option<String>,
     #[arg(long, default_value_t = 10)]
@@ -203,7 +203,7 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
             p.display()
         ),
     };
-    let examples = if a.data == "spamassassin" {
+    let examples = if frugal_train::battery::task(&a.data).is_some() {
         load_sets(&a.data, None, &a.fields, ctx.quiet)?.0
     } else {
         load(Path::new(&a.data), &a.fields.fields())
@@ -212,7 +212,9 @@ pub(crate) fn simulate_cmd(a: SimulateArgs, ctx: &Ctx, print: bool) -> Result<se
     let groups = partition_groups(&a.data, &a.partition)?;
     let test = match (&a.test, a.data.as_str()) {
         (Some(t), _) => Some(load_eval(t, &a.fields, ctx.quiet)?),
-        (None, "spamassassin") => Some(load_eval("spamassassin", &a.fields, ctx.quiet)?),
+        (None, d) if frugal_train::battery::task(d).is_some() => {
+            Some(load_eval(d, &a.fields, ctx.quiet)?)
+        }
         _ => None,
     };
     let labels = labels_of(&examples);

@@ -227,10 +227,10 @@ pub struct UpArgs {
     /// Nodes to start.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// The data to spread over the nodes: `spamassassin` (its train split) or a file.
+    /// The data to spread over the nodes: `spamassassin` or another task of the quality battery (its train split) or a file.
     #[arg(long, default_value = "spamassassin")]
     data: String,
-    /// Held-out test data for the final model (default for spamassassin: its test split).
+    /// Held-out test data for the final model (default for a built-in task: its test split).
     #[arg(long)]
     test: Option<String>,
     #[command(flatten)]
@@ -455,7 +455,7 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
         bail!("--min-nodes {min_nodes}: between 1 and --nodes {}", a.nodes);
     }
     let base = crate::io::encoder_base(&a.base, ctx.quiet)?;
-    let examples = if a.data == "spamassassin" {
+    let examples = if frugal_train::battery::task(&a.data).is_some() {
         crate::train_cmd::load_sets(&a.data, None, &a.fields, ctx.quiet)?.0
     } else {
         load(std::path::Path::new(&a.data), &a.fields.fields())
@@ -463,11 +463,9 @@ pub fn up_cmd(a: UpArgs, ctx: &Ctx) -> Result<()> {
     };
     let test = match (&a.test, a.data.as_str()) {
         (Some(t), _) => Some(crate::train_cmd::load_eval(t, &a.fields, ctx.quiet)?),
-        (None, "spamassassin") => Some(crate::train_cmd::load_eval(
-            "spamassassin",
-            &a.fields,
-            ctx.quiet,
-        )?),
+        (None, d) if frugal_train::battery::task(d).is_some() => {
+            Some(crate::train_cmd::load_eval(d, &a.fields, ctx.quiet)?)
+        }
         _ => None,
     };
     let labels = labels_of(&examples);

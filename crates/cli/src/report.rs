@@ -22,8 +22,6 @@ use frugal_train::classifier::{
 use frugal_train::data::{stratified_split, Example};
 use frugal_train::fewshot::{sample_shots, short_labels, zero_shot, LabelDescriptions};
 use frugal_train::trainer::TrainConfig;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -232,16 +230,6 @@ fn descriptions(task: &str, labels: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
-    if v.len() <= n {
-        return v;
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    v.shuffle(&mut rng);
-    v.truncate(n);
-    v
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -346,14 +334,11 @@ fn load_task(a: &ReportArgs, quiet: bool) -> Result<Task> {
     if splits.test.is_empty() {
         bail!("the task has no test examples; give more data");
     }
-    let (train, valid, test) = match a.budget {
-        Budget::Quick => (
-            subsample(splits.train, 800, a.seed),
-            subsample(splits.valid, 200, a.seed + 5),
-            subsample(splits.test, 400, a.seed + 1),
-        ),
-        Budget::Full => (splits.train, splits.valid, splits.test),
+    let splits = match a.budget {
+        Budget::Quick => frugal_train::battery::quick(splits, a.seed),
+        Budget::Full => splits,
     };
+    let (train, valid, test) = (splits.train, splits.valid, splits.test);
     Ok(Task {
         name,
         train,
@@ -1174,8 +1159,8 @@ fn chat_row(
         (Budget::Quick, true) => (32, 24),
         (Budget::Full, _) => (usize::MAX, usize::MAX),
     };
-    let test = subsample(task.test.clone(), n_test, a.seed + 3);
-    let valid = subsample(task.valid.clone(), n_valid, a.seed + 4);
+    let test = frugal_train::battery::subsample(task.test.clone(), n_test, a.seed + 3);
+    let valid = frugal_train::battery::subsample(task.valid.clone(), n_valid, a.seed + 4);
     let embedder = if fewshot {
         Some(frugal_models::encoder::Encoder::load(&resolve_base(
             a, quiet,

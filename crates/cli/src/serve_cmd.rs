@@ -394,7 +394,7 @@ fn labelled(
     fields: &FieldArgs,
     quiet: bool,
 ) -> Result<Vec<frugal_train::data::Example>> {
-    let examples = if data == "spamassassin" {
+    let examples = if frugal_train::battery::task(data).is_some() {
         crate::train_cmd::load_sets(data, None, fields, quiet)?
             .1
             .unwrap_or_default()

@@ -1,7 +1,7 @@
 //! `frugal train`, `frugal eval`, `frugal predict`: text classifiers from a pretrained encoder,
 //! by transfer learning (`--mode head`) or full fine-tuning (`--mode full`).
 
-use crate::data_cmd::{examples, FieldArgs};
+use crate::data_cmd::{battery_splits, examples, FieldArgs};
 use crate::io::{progress, store};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use frugal_models::resolve::{resolve_model, ModelPath};
 use frugal_train::classifier::{
     default_epochs, head_config, train, CheckpointInfo, Classifier, Mode, TrainSpec,
 };
-use frugal_train::data::{anchor_split, spamassassin, Example};
+use frugal_train::data::Example;
 use frugal_train::trainer::FitReport;
 use frugal_train::trainer::TrainConfig;
 use std::path::PathBuf;
@@ -43,10 +43,11 @@ pub struct TrainArgs {
     /// The pretrained encoder: asset name or Hugging Face folder.
     #[arg(long, default_value = "minilm")]
     base: String,
-    /// Training data: `spamassassin` (its train split) or a .jsonl/.csv/.tsv file.
+    /// Training data: `spamassassin` or another task of the quality battery (its train split;
+    /// `frugal bench quality --list`) or a .jsonl/.csv/.tsv file.
     #[arg(long)]
     data: String,
-    /// Validation data (default for spamassassin: its validation split; else none).
+    /// Validation data (default for a built-in task: its validation split; else none).
     #[arg(long)]
     valid: Option<String>,
     /// Which weights train.
@@ -139,27 +140,23 @@ pub(crate) fn load_sets(
     fields: &FieldArgs,
     quiet: bool,
 ) -> Result<(Vec<Example>, Option<Vec<Example>>)> {
-    if data == "spamassassin" {
-        let dir = store(quiet).ensure("spamassassin")?;
-        let s = anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect());
-        let v = match valid {
-            Some(v) => Some(examples(v, &fields.fields(), quiet)?),
-            None => Some(s.valid),
-        };
-        return Ok((s.train, v));
+    let valid = match valid {
+        Some(v) => Some(match battery_splits(v, quiet)? {
+            Some(s) => s.valid,
+            None => examples(v, &fields.fields(), quiet)?,
+        }),
+        None => None,
+    };
+    if let Some(s) = battery_splits(data, quiet)? {
+        return Ok((s.train, valid.or(Some(s.valid))));
     }
-    let train = examples(data, &fields.fields(), quiet)?;
-    let v = valid
-        .map(|v| examples(v, &fields.fields(), quiet))
-        .transpose()?;
-    Ok((train, v))
+    Ok((examples(data, &fields.fields(), quiet)?, valid))
 }
 
-/// Evaluation examples: `spamassassin` means its test split.
+/// Evaluation examples: a built-in task's name means its test split.
 pub(crate) fn load_eval(data: &str, fields: &FieldArgs, quiet: bool) -> Result<Vec<Example>> {
-    if data == "spamassassin" {
-        let dir = store(quiet).ensure("spamassassin")?;
-        return Ok(anchor_split(spamassassin(&dir)?.into_iter().map(|c| c.2).collect()).test);
+    if let Some(s) = battery_splits(data, quiet)? {
+        return Ok(s.test);
     }
     examples(data, &fields.fields(), quiet)
 }
@@ -254,7 +251,8 @@ pub struct EvalArgs {
     /// A checkpoint folder written by `frugal train`.
     #[arg(long)]
     model: PathBuf,
-    /// `spamassassin` (its test split) or a .jsonl/.csv/.tsv file.
+    /// `spamassassin` or another task of the quality battery (its test split) or a
+    /// .jsonl/.csv/.tsv file.
     #[arg(long)]
     data: String,
     #[arg(long)]

@@ -266,3 +266,47 @@ fn ctrl_c_then_resume_finishes_a_fine_tuning_run() {
         "{e}"
     );
 }
+
+#[test]
+fn a_battery_task_is_prepared_as_the_quick_report_samples_it() {
+    let out = tempfile::tempdir().unwrap();
+    let prepare = |budget: &str, dir: &std::path::Path| {
+        let o = frugal()
+            .args(["data", "prepare", "trec", "--budget", budget, "--out"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ["train", "valid", "test"].map(|s| {
+            std::fs::read_to_string(dir.join(format!("{s}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let full = prepare("full", &out.path().join("full"));
+    let quick = prepare("quick", &out.path().join("quick"));
+    let sizes = |s: &[Vec<serde_json::Value>; 3]| s.each_ref().map(|v| v.len());
+    assert_eq!(
+        sizes(&full).iter().sum::<usize>(),
+        5381,
+        "every TREC question"
+    );
+    assert_eq!(sizes(&quick), [800, 200, 400]);
+    // The quick sample is drawn from the same split: no test question leaks into training.
+    for (q, f) in quick.iter().zip(&full) {
+        assert!(q.iter().all(|e| f.contains(e)));
+    }
+    let labels: std::collections::BTreeSet<_> =
+        full[0].iter().map(|e| e["label"].to_string()).collect();
+    assert_eq!(labels.len(), 6, "{labels:?}");
+    // An unknown name is neither a file nor a task: both are said.
+    let o = frugal()
+        .args(["data", "stats", "trec-coarse"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("trec-coarse") && e.contains("sotu-party"), "{e}");
+}

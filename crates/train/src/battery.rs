@@ -63,6 +63,33 @@ pub fn task(name: &str) -> Option<&'static BatteryTask> {
     BATTERY.iter().find(|t| t.name == name)
 }
 
+/// Sizes of the quick budget's subsample: training, validation and test examples.
+pub const QUICK_SIZES: [usize; 3] = [800, 200, 400];
+
+/// The quick budget's subsample of `s` (`frugal report --budget quick`, `data prepare --budget
+/// quick`): at most 800 training, 200 validation and 400 test examples, drawn with `seed`, so a
+/// command run on the prepared files sees exactly the report's examples.
+pub fn quick(s: Splits, seed: u64) -> Splits {
+    Splits {
+        train: subsample(s.train, QUICK_SIZES[0], seed),
+        valid: subsample(s.valid, QUICK_SIZES[1], seed + 5),
+        test: subsample(s.test, QUICK_SIZES[2], seed + 1),
+    }
+}
+
+/// `n` of `v` drawn at random with `seed` (all of them, in order, if there are no more than `n`).
+pub fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if v.len() <= n {
+        return v;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    v.shuffle(&mut rng);
+    v.truncate(n);
+    v
+}
+
 /// The names of every task, comma-separated (for messages).
 pub fn names() -> String {
     BATTERY
